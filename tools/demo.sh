@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds kiln's demo (g++ Release, -O3 -march=native) and runs it on Fashion-MNIST from Debian's
+# dataset-fashion-mnist package, writing its output under demo-out/. Extra arguments go to the
+# demo (try: bash tools/demo.sh --help). Missing Debian packages are installed first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(g++ cmake ninja-build doctest-dev dataset-fashion-mnist)
+
+install_missing() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: missing packages (${missing[*]}) and no apt-get; install them by hand" >&2
+    return 1
+  fi
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "error: packages ${missing[*]} are missing and this is not root" >&2; return 1; }
+    sudo=(sudo)
+  fi
+  echo "==> installing ${missing[*]}"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "${missing[@]}" </dev/null
+}
+
+install_missing "${PACKAGES[@]}"
+
+# Where the package put the Fashion-MNIST .gz files (KILN_FASHION_MNIST overrides).
+data_dir="${KILN_FASHION_MNIST:-}"
+if [ -z "$data_dir" ]; then
+  train_images="$(dpkg -L dataset-fashion-mnist | grep -E 'train-images[^/]*$' | head -n 1 || true)"
+  if [ -z "$train_images" ]; then
+    echo "error: dataset-fashion-mnist holds no train-images file (dpkg -L dataset-fashion-mnist)" >&2
+    exit 1
+  fi
+  data_dir="$(dirname "$train_images")"
+fi
+
+if [ ! -f examples/demo.cpp ] && [ ! -d examples/demo ]; then
+  echo "error: examples/demo.cpp is missing" >&2
+  exit 1
+fi
+
+echo "==> configuring (build/release)"
+cmake --preset release >/dev/null
+echo "==> building the demo"
+cmake --build build/release --target demo -j"${KILN_BUILD_JOBS:-2}"
+
+echo "==> build/release/examples/demo --data $data_dir --out demo-out $*"
+exec build/release/examples/demo --data "$data_dir" --out demo-out "$@"

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Builds and tests kiln three ways — g++ Release (-Werror, -march=native, benchmarks built but
+# not run), clang++ Release (-Werror) and g++ with AddressSanitizer + UBSan — and prints a
+# summary. The last line reads "N passed, N failed"; the exit status is non-zero on any failure.
+# Missing Debian packages are installed first (apt-get; sudo when not root).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+JOBS="${KILN_TEST_JOBS:-2}"
+PACKAGES=(g++ cmake ninja-build pkg-config doctest-dev libbenchmark-dev libopenblas-dev libeigen3-dev)
+# kiln needs Clang 15 or later (std::source_location with libstdc++); Debian 12's clang is 14.
+CLANG_PACKAGE="${KILN_CLANG_PACKAGE:-clang-19}"
+
+log() { printf '\n==> %s\n' "$*"; }
+
+install_missing() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "warning: missing packages (${missing[*]}) and no apt-get; install them by hand" >&2
+    return 0
+  fi
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo=(sudo); else
+      echo "error: packages ${missing[*]} are missing and this is not root (no sudo)" >&2
+      return 1
+    fi
+  fi
+  log "installing ${missing[*]}"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null &&
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      "${missing[@]}" </dev/null
+}
+
+if command -v dpkg >/dev/null 2>&1; then
+  install_missing "${PACKAGES[@]}" || { echo "error: could not install the build dependencies" >&2; echo "0 passed, 1 failed"; exit 1; }
+fi
+# The newest clang++ of version 15 or later on PATH (installing $CLANG_PACKAGE when none is).
+find_clang() {
+  local c major
+  for c in clang++ clang++-{30..15}; do
+    command -v "$c" >/dev/null 2>&1 || continue
+    major="$("$c" -dumpversion 2>/dev/null | cut -d. -f1)"
+    if [ -n "$major" ] && [ "$major" -ge 15 ] 2>/dev/null; then echo "$c"; return 0; fi
+  done
+  return 1
+}
+CLANGXX="${KILN_CLANGXX:-$(find_clang || true)}"
+if [ -z "$CLANGXX" ] && command -v dpkg >/dev/null 2>&1; then
+  install_missing "$CLANG_PACKAGE" || true
+  CLANGXX="$(find_clang || true)"
+fi
+if [ -z "$CLANGXX" ]; then
+  echo "warning: no clang++ 15 or later found; the clang configuration will fail" >&2
+  CLANGXX=clang++
+fi
+for tool in cmake ninja g++ "$CLANGXX"; do
+  command -v "$tool" >/dev/null 2>&1 || echo "warning: $tool not found" >&2
+done
+echo "compilers: $(g++ -dumpfullversion 2>/dev/null | sed 's/^/g++ /'), $CLANGXX $("$CLANGXX" -dumpversion 2>/dev/null)"
+
+total_passed=0
+total_failed=0
+summary=()
+timings=()
+
+# run_config <preset> [extra cmake -D arguments...]
+run_config() {
+  local preset="$1"; shift
+  local dir="build/$preset" start=$SECONDS stage_start passed=0 failed=0 note=""
+  log "[$preset] configure"
+  stage_start=$SECONDS
+  if ! cmake --preset "$preset" "$@"; then
+    total_failed=$((total_failed + 1))
+    summary+=("$(printf '%-8s configure FAILED' "$preset")")
+    timings+=("$(printf '%-8s configure %4ds' "$preset" $((SECONDS - stage_start)))")
+    return
+  fi
+  timings+=("$(printf '%-8s configure %4ds' "$preset" $((SECONDS - stage_start)))")
+
+  log "[$preset] build"
+  stage_start=$SECONDS
+  # -k 0: keep going, so one broken file does not hide the state of the others.
+  if cmake --build "$dir" -j"$JOBS" -- -k 0; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1)); note=" (build FAILED; see above)"
+  fi
+  timings+=("$(printf '%-8s build     %4ds' "$preset" $((SECONDS - stage_start)))")
+
+  log "[$preset] test"
+  stage_start=$SECONDS
+  local out
+  out="$(mktemp)"
+  ctest --preset "$preset" --output-on-failure -j"$JOBS" --timeout 300 2>&1 | tee "$out"
+  # "100% tests passed, 0 tests failed out of 12"
+  local line total tfailed
+  line="$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$out" | tail -n 1)"
+  if [ -n "$line" ]; then
+    tfailed="$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$line")"
+    total="$(sed -E 's/.* failed out of ([0-9]+).*/\1/' <<<"$line")"
+    passed=$((passed + total - tfailed)); failed=$((failed + tfailed))
+  elif grep -q 'No tests were found' "$out"; then
+    note="$note (no tests found)"
+  else
+    failed=$((failed + 1)); note="$note (ctest did not finish)"
+  fi
+  rm -f "$out"
+  timings+=("$(printf '%-8s test      %4ds' "$preset" $((SECONDS - stage_start)))")
+
+  total_passed=$((total_passed + passed)); total_failed=$((total_failed + failed))
+  summary+=("$(printf '%-8s %3d passed, %3d failed, %4ds%s' "$preset" "$passed" "$failed" $((SECONDS - start)) "$note")")
+}
+
+# Each configuration counts its build as one check plus one per CTest test.
+run_config release -DKILN_BUILD_BENCHMARKS=ON
+run_config clang -DKILN_BUILD_BENCHMARKS=OFF "-DCMAKE_CXX_COMPILER=$CLANGXX"
+run_config asan -DKILN_BUILD_BENCHMARKS=OFF
+
+log "timings"
+printf '  %s\n' "${timings[@]}"
+log "summary (per configuration: the build + every CTest test)"
+printf '  %s\n' "${summary[@]}"
+echo
+echo "${total_passed} passed, ${total_failed} failed"
+[ "$total_failed" -eq 0 ]
