@@ -3,8 +3,8 @@
 //
 // Build: g++ -O3 -march=native -std=c++20 -fopenmp -Iinclude -Ibackends/cpu/include
 //          -I/usr/include/eigen3 bench/bench_gemm.cpp -o bench_gemm -lbenchmark -lpthread -lopenblas
-// Run one library at a time so idle-spinning threads of another library do not steal cores:
-//   OMP_WAIT_POLICY=passive ./bench_gemm --benchmark_filter='^kiln' ...
+// Run: OMP_WAIT_POLICY=passive ./bench_gemm --benchmark_min_time=0.3 --benchmark_repetitions=5
+//        --benchmark_report_aggregates_only=true   (or --benchmark_filter='sgemm.*threads:1')
 // Arguments of every benchmark: M, N, K, threads. Counter GFLOP/s = 2·M·N·K per second.
 #include <benchmark/benchmark.h>
 
@@ -15,8 +15,12 @@
 #include <kiln/backend/cpu/gemm.hpp>
 #include <kiln/backend/cpu/thread_pool.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <random>
+#include <string>
+#include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -37,20 +41,21 @@ struct Problem {
   }
 };
 
-void set_counters(benchmark::State& state, const Problem<float>& p) {
-  state.counters["GFLOP/s"] = benchmark::Counter(
-      2.0 * static_cast<double>(p.M) * static_cast<double>(p.N) * static_cast<double>(p.K) * 1e-9,
-      benchmark::Counter::kIsIterationInvariantRate);
-}
-void set_counters(benchmark::State& state, const Problem<double>& p) {
+template <class T>
+void set_counters(benchmark::State& state, const Problem<T>& p) {
   state.counters["GFLOP/s"] = benchmark::Counter(
       2.0 * static_cast<double>(p.M) * static_cast<double>(p.N) * static_cast<double>(p.K) * 1e-9,
       benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// OpenBLAS's worker threads keep spinning for a while after a call; on a 2-core machine
+// they would steal a core from the next benchmark, so every benchmark first lets them settle.
+void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(150)); }
+
 template <class T>
 void BM_kiln(benchmark::State& state) {
   Problem<T> p(state.range(0), state.range(1), state.range(2));
+  settle();
   kiln::backend::cpu::set_num_threads(static_cast<int>(state.range(3)));
   for (auto _ : state) {
     kiln::backend::cpu::gemm<T>(false, false, p.M, p.N, p.K, T(1), p.a.data(), p.K, p.b.data(),
@@ -65,6 +70,7 @@ void BM_kiln(benchmark::State& state) {
 template <class T>
 void BM_openblas(benchmark::State& state) {
   Problem<T> p(state.range(0), state.range(1), state.range(2));
+  settle();
   openblas_set_num_threads(static_cast<int>(state.range(3)));
   const int M = static_cast<int>(p.M), N = static_cast<int>(p.N), K = static_cast<int>(p.K);
   for (auto _ : state) {
@@ -83,6 +89,7 @@ void BM_openblas(benchmark::State& state) {
 template <class T>
 void BM_eigen(benchmark::State& state) {
   Problem<T> p(state.range(0), state.range(1), state.range(2));
+  settle();
   Eigen::setNbThreads(static_cast<int>(state.range(3)));
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   Eigen::Map<const Mat> a(p.a.data(), p.M, p.K), b(p.b.data(), p.K, p.N);
@@ -95,31 +102,31 @@ void BM_eigen(benchmark::State& state) {
   set_counters(state, p);
 }
 
-void shapes(benchmark::internal::Benchmark* b) {
-  for (int threads : {1, 2}) {
-    for (int n : {128, 256, 512, 1024, 2048}) b->Args({n, n, n, threads});
-    b->Args({8192, 768, 768, threads});
-    b->Args({8192, 3072, 768, threads});
+// Registers one shape for every library, side by side, so that the three are measured close
+// together in time (this matters on a shared machine).
+template <class T>
+void register_shape(const char* suffix, index_t M, index_t N, index_t K, int threads) {
+  const std::string s = suffix;
+  for (auto* b : {benchmark::RegisterBenchmark(("kiln_" + s).c_str(), BM_kiln<T>),
+                  benchmark::RegisterBenchmark(("openblas_" + s).c_str(), BM_openblas<T>),
+                  benchmark::RegisterBenchmark(("eigen_" + s).c_str(), BM_eigen<T>)}) {
+    b->Args({M, N, K, threads});
+    b->ArgNames({"M", "N", "K", "threads"});
+    b->Unit(benchmark::kMillisecond);
+    b->UseRealTime();
   }
-  b->ArgNames({"M", "N", "K", "threads"});
-  b->Unit(benchmark::kMillisecond);
-  b->UseRealTime();
 }
 
-void dgemm_shapes(benchmark::internal::Benchmark* b) {
-  for (int threads : {1, 2}) b->Args({1024, 1024, 1024, threads});
-  b->ArgNames({"M", "N", "K", "threads"});
-  b->Unit(benchmark::kMillisecond);
-  b->UseRealTime();
-}
+const int registered = [] {
+  for (int threads : {1, 2}) {
+    for (index_t n : {128, 256, 512, 1024, 2048}) register_shape<float>("sgemm", n, n, n, threads);
+    register_shape<float>("sgemm", 8192, 768, 768, threads);
+    register_shape<float>("sgemm", 8192, 3072, 768, threads);
+    register_shape<double>("dgemm", 1024, 1024, 1024, threads);
+  }
+  return 0;
+}();
 
 }  // namespace
-
-BENCHMARK(BM_kiln<float>)->Name("kiln_sgemm")->Apply(shapes);
-BENCHMARK(BM_openblas<float>)->Name("openblas_sgemm")->Apply(shapes);
-BENCHMARK(BM_eigen<float>)->Name("eigen_sgemm")->Apply(shapes);
-BENCHMARK(BM_kiln<double>)->Name("kiln_dgemm")->Apply(dgemm_shapes);
-BENCHMARK(BM_openblas<double>)->Name("openblas_dgemm")->Apply(dgemm_shapes);
-BENCHMARK(BM_eigen<double>)->Name("eigen_dgemm")->Apply(dgemm_shapes);
 
 BENCHMARK_MAIN();

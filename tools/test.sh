@@ -36,6 +36,7 @@ install_missing() {
       "${missing[@]}" </dev/null
 }
 
+deps_start=$SECONDS
 if command -v dpkg >/dev/null 2>&1; then
   install_missing "${PACKAGES[@]}" || { echo "error: could not install the build dependencies" >&2; echo "0 passed, 1 failed"; exit 1; }
 fi
@@ -66,7 +67,7 @@ echo "compilers: $(g++ -dumpfullversion 2>/dev/null | sed 's/^/g++ /'), $CLANGXX
 total_passed=0
 total_failed=0
 summary=()
-timings=()
+timings=("$(printf '%-8s install   %4ds' deps $((SECONDS - deps_start)))")
 
 # run_config <preset> [extra cmake -D arguments...]
 run_config() {

@@ -77,7 +77,17 @@ struct Case {
 
 // Runs one case through gemm and checks every element of C (and that padding is untouched).
 template <class T>
-void check_case(const Case& c, std::uint64_t seed) {
+void call_gemm(bool ta, bool tb, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
+               const T* B, index_t ldb, T beta, T* C, index_t ldc) {
+  cpu::gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+template <class T>
+using gemm_fn = void (*)(bool, bool, index_t, index_t, index_t, T, const T*, index_t, const T*,
+                         index_t, T, T*, index_t);
+
+template <class T>
+void check_case(const Case& c, std::uint64_t seed, gemm_fn<T> run = &call_gemm<T>) {
   CAPTURE(c.ta);
   CAPTURE(c.tb);
   CAPTURE(c.M);
@@ -99,8 +109,8 @@ void check_case(const Case& c, std::uint64_t seed) {
   std::vector<long double> ref, mag;
   reference_gemm<T>(c.ta, c.tb, c.M, c.N, c.K, T(c.alpha), A.data(), lda, B.data(), ldb,
                     T(c.beta), C0.data(), ldc, ref, mag);
-  cpu::gemm<T>(c.ta, c.tb, c.M, c.N, c.K, T(c.alpha), A.data(), lda, B.data(), ldb, T(c.beta),
-               C.data(), ldc);
+  run(c.ta, c.tb, c.M, c.N, c.K, T(c.alpha), A.data(), lda, B.data(), ldb, T(c.beta), C.data(),
+      ldc);
   int bad = 0;
   for (index_t i = 0; i < c.M && bad < 5; ++i) {
     for (index_t j = 0; j < ldc && bad < 5; ++j) {
@@ -313,6 +323,52 @@ TEST_CASE("gemm rejects bad arguments with a message naming them") {
   CHECK_THROWS_WITH_AS(batched(4, 4, 1, 2), doctest::Contains("stride_c"),
                        std::invalid_argument);
   CHECK_NOTHROW(batched(0, 0, 4, 3));
+}
+
+// Runs the blocked driver of one specific kernel (bypassing the run-time choice), on 2 threads
+// when the pool has them.
+template <class Kern>
+void run_kernel(bool ta, bool tb, index_t M, index_t N, index_t K, typename Kern::value_type alpha,
+                const typename Kern::value_type* A, index_t lda,
+                const typename Kern::value_type* B, index_t ldb,
+                typename Kern::value_type beta, typename Kern::value_type* C, index_t ldc) {
+  namespace d = cpu::gemm_detail;
+  const d::Operands op{ta ? 1 : lda, ta ? lda : 1, tb ? 1 : ldb, tb ? ldb : 1};
+  d::gemm_threaded<Kern>(M, N, K, alpha, A, B, op, beta, C, ldc, cpu::num_threads());
+}
+
+template <class Kern>
+void check_kernel() {
+  using T = typename Kern::value_type;
+  std::uint64_t seed = 500;
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    const int before = cpu::num_threads();
+    cpu::set_num_threads(threads);
+    for (int t = 0; t < 4; ++t) {
+      const bool ta = t & 1, tb = t & 2;
+      check_case<T>(Case{ta, tb, 1, 1, 1}, seed++, &run_kernel<Kern>);
+      check_case<T>(Case{ta, tb, 37, 45, 29, 1, 2, 3, 0.5, 0.0}, seed++, &run_kernel<Kern>);
+      check_case<T>(Case{ta, tb, 203, 150, 300, 0, 0, 1, 1.0, -0.5}, seed++, &run_kernel<Kern>);
+    }
+    cpu::set_num_threads(before);
+  }
+}
+
+TEST_CASE("every kernel this CPU can run agrees with the reference") {
+  namespace d = cpu::gemm_detail;
+  check_kernel<d::PortableF32>();
+  check_kernel<d::PortableF64>();
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    check_kernel<d::Avx2F32>();
+    check_kernel<d::Avx2F64>();
+  }
+  if (__builtin_cpu_supports("avx512f")) {
+    check_kernel<d::Avx512F32>();
+    check_kernel<d::Avx512F64>();
+  }
+#endif
 }
 
 TEST_CASE("gemm picks a vector kernel when the CPU has one, whatever the build flags") {

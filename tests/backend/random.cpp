@@ -389,8 +389,7 @@ TEST_CASE("bad arguments are rejected with a message and leave the state alone")
   std::vector<float> x(10);
   CHECK_THROWS_AS(cpu::fill_uniform(x.data(), -1, 0.0f, 1.0f, rng), std::invalid_argument);
   CHECK_THROWS_AS(cpu::fill_uniform(x.data(), 10, 1.0f, 0.0f, rng), std::invalid_argument);
-  CHECK_THROWS_AS(cpu::fill_uniform(x.data(), 10, std::nanf(""), 1.0f, rng),
-                  std::invalid_argument);
+  CHECK_THROWS_AS(cpu::fill_uniform(x.data(), 10, std::nanf(""), 1.0f, rng), std::invalid_argument);
   CHECK_THROWS_AS(cpu::fill_normal(x.data(), 10, 0.0f, -1.0f, rng), std::invalid_argument);
   CHECK_THROWS_AS(cpu::fill_bernoulli(x.data(), 10, 1.5, rng), std::invalid_argument);
   CHECK_THROWS_AS(cpu::fill_bernoulli(x.data(), 10, std::nan(""), rng), std::invalid_argument);

@@ -103,17 +103,20 @@ Worst<T> measure(F f, R ref, const std::vector<T>& xs) {
     return w;
 }
 
-// Dense even grid over [lo, hi] plus random finite values of every magnitude in [lo, hi].
+// Dense even grid over [lo, hi], uniform random values in [lo, hi], and random bit patterns
+// that fall in [lo, hi] (every magnitude, subnormals included; fewer when the range is narrow).
 template <class T>
 std::vector<T> sweep(T lo, T hi, int grid = 20000, int random = 20000) {
     std::vector<T> xs;
     for (int i = 0; i <= grid; ++i) xs.push_back(lo + (hi - lo) * (T(i) / T(grid)));
     std::mt19937_64 rng(12345);
-    while (random > 0) {
+    std::uniform_real_distribution<T> uniform(lo, hi);
+    for (int i = 0; i < random / 2; ++i) xs.push_back(uniform(rng));
+    for (int tries = 0, kept = 0; tries < 20 * random && kept < random / 2; ++tries) {
         const T x = std::bit_cast<T>(static_cast<uint_for<T>>(rng()));
         if (std::isfinite(x) && x >= lo && x <= hi) {
             xs.push_back(x);
-            --random;
+            ++kept;
         }
     }
     return xs;
@@ -132,10 +135,9 @@ template <class T, class F, class R>
 void check_accuracy(const char* name, F f, R ref, std::vector<T> xs, double tol) {
     for (T s : specials<T>()) xs.push_back(s);
     const Worst<T> w = measure<T>(f, ref, xs);
-    INFO(name, " (", sizeof(T) == 4 ? "float" : "double", ", ", KILN_SIMD_NAME, "): max ulp ", w.ulp,
-         " at x = ", static_cast<double>(w.x), " giving ", static_cast<double>(w.y));
+    const std::string what = std::string(name) + (sizeof(T) == 4 ? " float " : " double ") + KILN_SIMD_NAME;
+    INFO(what, ": max ulp ", w.ulp, " at x = ", static_cast<double>(w.x), " giving ", static_cast<double>(w.y));
     CHECK(w.ulp <= tol);
-    MESSAGE(name, " ", sizeof(T) == 4 ? "float" : "double", " max ulp ", w.ulp);
 }
 
 template <class T>
@@ -454,6 +456,24 @@ TEST_CASE_TEMPLATE("simd math: pow", T, float, double) {
             if (std::isnan(want) || std::isinf(want) || want == T(0)) CHECK(same(got, want));
             else CHECK(ulp_error<T>(got, std::pow(static_cast<long double>(x), static_cast<long double>(y))) <= 4);
         }
+    }
+}
+
+TEST_CASE_TEMPLATE("simd: scalars convert to packets in mixed expressions", T, float, double) {
+    using V = simd::Vec<T>;
+    const V x = iota<T>();
+    const auto lx = lanes(x);
+    const auto m = lanes((x == T(2)) | (T(3) < x));
+    const auto y = lanes(select(x > T(1), T(2) * x + T(1), T(-1)));
+    const auto p = lanes(pow(x, T(2)));
+    const auto q = lanes(pow(T(2), x));
+    const auto r = lanes(min(max(x, T(2)), T(3)));
+    for (int i = 0; i < V::size; ++i) {
+        CHECK(m[i] == (lx[i] == T(2) || lx[i] > T(3)));
+        CHECK(y[i] == (lx[i] > T(1) ? T(2) * lx[i] + T(1) : T(-1)));
+        CHECK(p[i] == lx[i] * lx[i]);
+        CHECK(q[i] == std::ldexp(T(1), static_cast<int>(lx[i])));
+        CHECK(r[i] == std::min(std::max(lx[i], T(2)), T(3)));
     }
 }
 

@@ -157,8 +157,8 @@ TEST_CASE("bfloat16 exhaustive round trip: every bit pattern -> float -> bfloat1
       ++nan_patterns;
       REQUIRE(kiln::isnan(back));
       REQUIRE(std::isnan(float(back)));
-      REQUIRE((back.bits() & 0x8000u) == (b & 0x8000u));       // sign kept
-      REQUIRE((back.bits() | 0x0040u) == (b | 0x0040u));       // payload kept, made quiet
+      REQUIRE((back.bits() & 0x8000u) == (b & 0x8000u));  // sign kept
+      REQUIRE((back.bits() | 0x0040u) == (b | 0x0040u));  // payload kept, made quiet
     } else {
       REQUIRE(back.bits() == b);
     }
@@ -184,9 +184,12 @@ TEST_CASE("bfloat16 rounding agrees with a reference on many floats") {
     const double df = f;
     std::uint16_t expected;
     const double ed = std::fabs(df - dd), eu = std::fabs(du - df);
-    if (ed < eu) expected = static_cast<std::uint16_t>(down >> 16);
-    else if (eu < ed) expected = static_cast<std::uint16_t>(up >> 16);
-    else expected = static_cast<std::uint16_t>(((down >> 16) & 1u) ? up >> 16 : down >> 16);
+    if (ed < eu)
+      expected = static_cast<std::uint16_t>(down >> 16);
+    else if (eu < ed)
+      expected = static_cast<std::uint16_t>(up >> 16);
+    else
+      expected = static_cast<std::uint16_t>(((down >> 16) & 1u) ? up >> 16 : down >> 16);
     REQUIRE(kiln::bfloat16(f).bits() == expected);
   }
 }

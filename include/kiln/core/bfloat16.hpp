@@ -1,6 +1,5 @@
-// kiln/core/bfloat16.hpp — kiln::bfloat16, the 16-bit brain floating-point storage type:
-// round-to-nearest-even from float, exact widening to float, comparisons; arithmetic via float.
-// Builds on kiln/core/config.hpp and <cstdint>; every function is usable inside CUDA kernels.
+// kiln/core/bfloat16.hpp — kiln::bfloat16, 16-bit storage rounded to nearest even from float.
+// Builds on core/config.hpp and <cstdint>; every function here is usable inside CUDA kernels.
 #pragma once
 
 #include <kiln/core/config.hpp>
@@ -15,7 +14,9 @@ KILN_HD constexpr std::uint32_t bfloat16_float_to_bits(float f) {
   return __builtin_bit_cast(std::uint32_t, f);
 }
 
-KILN_HD constexpr float bfloat16_bits_to_float(std::uint32_t u) { return __builtin_bit_cast(float, u); }
+KILN_HD constexpr float bfloat16_bits_to_float(std::uint32_t u) {
+  return __builtin_bit_cast(float, u);
+}
 
 // The upper 16 bits of the float, rounded to nearest with ties to even. A NaN keeps its sign and
 // top payload bits and is made quiet (bit 6 of the result set), so it stays a NaN; values above
@@ -58,20 +59,12 @@ struct bfloat16 {
   KILN_HD constexpr bfloat16& operator*=(float x) { return *this = bfloat16(float(*this) * x); }
   KILN_HD constexpr bfloat16& operator/=(float x) { return *this = bfloat16(float(*this) / x); }
 
-  friend KILN_HD constexpr bool operator==(bfloat16 a, bfloat16 b) {
-    return float(a) == float(b);
-  }
-  friend KILN_HD constexpr bool operator!=(bfloat16 a, bfloat16 b) {
-    return float(a) != float(b);
-  }
+  friend KILN_HD constexpr bool operator==(bfloat16 a, bfloat16 b) { return float(a) == float(b); }
+  friend KILN_HD constexpr bool operator!=(bfloat16 a, bfloat16 b) { return float(a) != float(b); }
   friend KILN_HD constexpr bool operator<(bfloat16 a, bfloat16 b) { return float(a) < float(b); }
-  friend KILN_HD constexpr bool operator<=(bfloat16 a, bfloat16 b) {
-    return float(a) <= float(b);
-  }
+  friend KILN_HD constexpr bool operator<=(bfloat16 a, bfloat16 b) { return float(a) <= float(b); }
   friend KILN_HD constexpr bool operator>(bfloat16 a, bfloat16 b) { return float(a) > float(b); }
-  friend KILN_HD constexpr bool operator>=(bfloat16 a, bfloat16 b) {
-    return float(a) >= float(b);
-  }
+  friend KILN_HD constexpr bool operator>=(bfloat16 a, bfloat16 b) { return float(a) >= float(b); }
 };
 
 static_assert(sizeof(bfloat16) == 2, "bfloat16 must be two bytes");

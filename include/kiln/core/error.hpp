@@ -1,10 +1,9 @@
 // kiln/core/error.hpp — kiln's exception types and the helpers that build readable messages
-// (op name, shapes, call site). Builds on core/shape.hpp and the standard library.
+// (op name, shapes, values). Builds on core/shape.hpp and the standard library.
 #pragma once
 
 #include <kiln/core/shape.hpp>
 
-#include <source_location>
 #include <stdexcept>
 #include <string>
 
@@ -37,17 +36,6 @@ inline std::string to_string(const Shape& s) {
   }
   return out + "]";
 }
-
-namespace detail {
-
-inline std::string where(const std::source_location& loc) {
-  std::string file = loc.file_name();
-  const auto slash = file.find_last_of("/\\");
-  if (slash != std::string::npos) file = file.substr(slash + 1);
-  return " (called from " + file + ":" + std::to_string(loc.line()) + ")";
-}
-
-}  // namespace detail
 
 // Throws ShapeError: "kiln::OP: MESSAGE: shapes A and B".
 [[noreturn]] inline void throw_shape_error(const char* op, const std::string& what, const Shape& a,

@@ -1,6 +1,5 @@
-// kiln/core/philox.hpp — the Philox4x32-10 counter-based bijection, the kiln::Rng generator state
-// and the per-block value rules (uniform, normal, bernoulli) shared by every device.
-// Builds on kiln/core/config.hpp and <cmath>; every function here is usable inside CUDA kernels.
+// kiln/core/philox.hpp — the Philox4x32-10 bijection, kiln::Rng and the per-block value rules.
+// Builds on core/config.hpp and <cmath>; every function here is usable inside CUDA kernels.
 #pragma once
 
 #include <kiln/core/config.hpp>
@@ -97,9 +96,9 @@ KILN_HD constexpr PhiloxBlock philox4x32_10(PhiloxBlock counter, PhiloxKey key) 
 // `first + i / V`, slot `i % V`. Every value therefore depends only on (seed, subsequence,
 // offset, i): never on thread count, work split or device. Block indices wrap modulo 2^64.
 //
-// Values per block (the same on every device):
-//   float / bfloat16 uniform, normal, bernoulli, and any bernoulli:   V = 4, one word per value
-//   double uniform, double normal:                                    V = 2, two words per value
+// Values per block V (the same on every device):
+//   uniform and normal of float or bfloat16, bernoulli of any type:   V = 4, one word per value
+//   uniform and normal of double:                                      V = 2, two words per value
 //   random_permutation of n: n blocks; Fisher–Yates step s (0 <= s < n - 1) swaps positions
 //   n - 1 - s and bounded_from_block(block(first + s), key, n - s)
 // ---------------------------------------------------------------------------------------------
@@ -159,10 +158,9 @@ class Rng {
 
   // The counter of block `block_index` in this generator's subsequence.
   KILN_HD constexpr PhiloxBlock counter(std::uint64_t block_index) const {
-    return PhiloxBlock{{static_cast<std::uint32_t>(block_index),
-                        static_cast<std::uint32_t>(block_index >> 32),
-                        static_cast<std::uint32_t>(subsequence_),
-                        static_cast<std::uint32_t>(subsequence_ >> 32)}};
+    return PhiloxBlock{
+        {static_cast<std::uint32_t>(block_index), static_cast<std::uint32_t>(block_index >> 32),
+         static_cast<std::uint32_t>(subsequence_), static_cast<std::uint32_t>(subsequence_ >> 32)}};
   }
 
   // The four random words of block `block_index` (does not move the offset).
@@ -290,8 +288,8 @@ inline constexpr int double_values_per_block = 2;
 
 // Four uniforms in [0, 1): value j from word j.
 KILN_HD constexpr BlockValues<float, 4> uniform_float_block(const PhiloxBlock& b) {
-  return BlockValues<float, 4>{{uniform_float(b[0]), uniform_float(b[1]), uniform_float(b[2]),
-                                uniform_float(b[3])}};
+  return BlockValues<float, 4>{
+      {uniform_float(b[0]), uniform_float(b[1]), uniform_float(b[2]), uniform_float(b[3])}};
 }
 
 // Two uniforms in [0, 1): value 0 from words (0 low, 1 high), value 1 from words (2 low, 3 high).
@@ -315,10 +313,9 @@ KILN_HD inline BlockValues<double, 2> normal_double_block(const PhiloxBlock& b) 
 // Four bernoulli bits: value j from word j.
 KILN_HD constexpr BlockValues<bool, 4> bernoulli_block(const PhiloxBlock& b,
                                                        std::uint64_t threshold) {
-  return BlockValues<bool, 4>{{bernoulli_from_word(b[0], threshold),
-                               bernoulli_from_word(b[1], threshold),
-                               bernoulli_from_word(b[2], threshold),
-                               bernoulli_from_word(b[3], threshold)}};
+  return BlockValues<bool, 4>{
+      {bernoulli_from_word(b[0], threshold), bernoulli_from_word(b[1], threshold),
+       bernoulli_from_word(b[2], threshold), bernoulli_from_word(b[3], threshold)}};
 }
 
 // An unbiased integer in [0, range) from a 64-bit word by Lemire's multiply-and-reject

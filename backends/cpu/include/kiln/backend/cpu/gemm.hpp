@@ -1,6 +1,5 @@
-// kiln/backend/cpu/gemm.hpp — single and strided-batched GEMM (float, double), row-major:
-// C = alpha·op(A)·op(B) + beta·C. Builds on packed panels, cache blocking and register-blocked
-// micro-kernels (gemm_x86.hpp, picked at run time; a portable kernel elsewhere) over thread_pool.hpp.
+// kiln/backend/cpu/gemm.hpp — GEMM and strided-batched GEMM, float and double, row-major.
+// Builds on packed panels, cache blocks and gemm_x86.hpp micro-kernels over thread_pool.hpp.
 #pragma once
 
 #include <kiln/backend/cpu/thread_pool.hpp>
@@ -11,8 +10,8 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
-#include <cstring>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -85,12 +84,17 @@ inline T* scratch(std::size_t n) {
 
 // Packs the mc×kc block of op(A) into MR-row slivers: sliver s holds, for each k, the MR values
 // of rows s*MR .. s*MR+MR-1 (zero past mc).
+// `pack_rows`, when given, packs a full sliver whose rows are contiguous (cs == 1).
 template <int MR, class T>
-inline void pack_a(index_t mc, index_t kc, const T* a, index_t rs, index_t cs, T* out) {
+inline void pack_a(index_t mc, index_t kc, const T* a, index_t rs, index_t cs, T* out,
+                   void (*pack_rows)(index_t, const T*, index_t, T*) = nullptr) {
   for (index_t i0 = 0; i0 < mc; i0 += MR) {
     const int m = static_cast<int>(std::min<index_t>(MR, mc - i0));
     const T* src = a + i0 * rs;
-    if (m == MR && rs == 1) {
+    if (m == MR && cs == 1 && pack_rows != nullptr) {
+      pack_rows(kc, src, rs, out);
+      out += MR * kc;
+    } else if (m == MR && rs == 1) {
       // Columns of the sliver are contiguous: one MR-wide copy per k.
       for (index_t k = 0; k < kc; ++k) {
         const T* s = src + k * cs;
@@ -189,7 +193,12 @@ inline void ukernel_portable(index_t kc, const T* a, const T* b, T* c, index_t l
 template <class T>
 using ukernel_fn = void (*)(index_t, const T*, const T*, T*, index_t, T, T, int, int);
 
-template <class T, int MR_, int NR_, index_t KC_, index_t MC_, index_t NC_, ukernel_fn<T> F>
+// Packs a full MR-row sliver of an A block whose rows are contiguous (a[i*rs + k]).
+template <class T>
+using pack_rows_fn = void (*)(index_t kc, const T* a, index_t rs, T* out);
+
+template <class T, int MR_, int NR_, index_t KC_, index_t MC_, index_t NC_, ukernel_fn<T> F,
+          pack_rows_fn<T> PackRows = nullptr>
 struct Kernel {
   using value_type = T;
   static constexpr int MR = MR_;
@@ -198,6 +207,7 @@ struct Kernel {
   static constexpr index_t MC = MC_;
   static constexpr index_t NC = NC_;
   static constexpr ukernel_fn<T> run = F;
+  static constexpr pack_rows_fn<T> pack_rows = PackRows;  // nullptr: the generic packing
   static_assert(MC % MR == 0 && NC % NR == 0, "blocks must be whole register tiles");
 };
 
@@ -206,10 +216,12 @@ using PortableF64 = Kernel<double, 4, 4, 256, 128, 2048, &ukernel_portable<doubl
 #if defined(__x86_64__)
 // Zen 3 (32 KiB L1d, 512 KiB L2/core): B sliver 16×256×4 B = 16 KiB in L1,
 // A block 144×256×4 B = 144 KiB in L2, B panel 256×3072×4 B = 3 MiB in L3.
-using Avx2F32 = Kernel<float, 6, 16, 256, 144, 3072, &ukernel_avx2_f32_6x16>;
+using Avx2F32 =
+    Kernel<float, 6, 16, 256, 144, 3072, &ukernel_avx2_f32_6x16, &pack_a_rows_avx2_f32_6>;
 using Avx2F64 = Kernel<double, 6, 8, 256, 96, 2048, &ukernel_avx2_f64_6x8>;
-using Avx512F32 = Kernel<float, 14, 32, 256, 140, 3072, &ukernel_avx512_f32_14x32>;
-using Avx512F64 = Kernel<double, 14, 16, 256, 84, 2048, &ukernel_avx512_f64_14x16>;
+// AVX-512 (32 KiB L1d assumed, as on Zen 4): a 32-wide B sliver of depth 192 fills 24 KiB.
+using Avx512F32 = Kernel<float, 14, 32, 192, 168, 3072, &ukernel_avx512_f32_14x32>;
+using Avx512F64 = Kernel<double, 14, 16, 192, 84, 2048, &ukernel_avx512_f64_14x16>;
 #endif
 
 // ------------------------------------------------------------------------------ drivers
@@ -236,7 +248,7 @@ void gemm_blocked(index_t M, index_t N, index_t K, T alpha, const T* a, const T*
       pack_b<NR>(kc, nc, b + pc * op.brs + jc * op.bcs, op.brs, op.bcs, bp);
       for (index_t ic = 0; ic < M; ic += Kern::MC) {
         const index_t mc = std::min<index_t>(Kern::MC, M - ic);
-        pack_a<MR>(mc, kc, a + ic * op.ars + pc * op.acs, op.ars, op.acs, ap);
+        pack_a<MR>(mc, kc, a + ic * op.ars + pc * op.acs, op.ars, op.acs, ap, Kern::pack_rows);
         for (index_t jr = 0; jr < nc; jr += NR) {
           const int n = static_cast<int>(std::min<index_t>(NR, nc - jr));
           const T* bs = bp + jr * kc;
@@ -284,37 +296,102 @@ void gemm_small(index_t M, index_t N, index_t K, T alpha, const T* a, const T* b
   }
 }
 
-// Splits the problem over threads along M (each thread packs its own copy of the B panel,
-// K·N extra reads per thread) or along N (each packs its own A, M·K extra), whichever
-// duplicates less, and runs the blocked loops on each part.
+// Several threads on one product. For each KC×NC panel of op(B): the threads pack the panel
+// together into one shared buffer (slivers handed out through a counter), then take work
+// items, an MC-row block of C times a group of NR-column slivers, from a second counter. Each
+// thread packs the A block of its item into its own buffer, reusing it while consecutive items
+// share the block. Handing out items dynamically keeps both cores busy to the end even when
+// one of them is slowed down by other work on the machine.
+template <class Kern, class T>
+void gemm_parallel(index_t M, index_t N, index_t K, T alpha, const T* a, const T* b,
+                   const Operands& op, T beta, T* c, index_t ldc, int threads) {
+  constexpr int MR = Kern::MR, NR = Kern::NR;
+  // Row blocks: a multiple of `threads` of them, each at most MC rows, so that they share
+  // out evenly.
+  const index_t row_tiles = (M + MR - 1) / MR;
+  const index_t max_tiles_per_block = Kern::MC / MR;
+  index_t row_blocks = threads * ((row_tiles + threads * max_tiles_per_block - 1) /
+                                  (threads * max_tiles_per_block));
+  row_blocks = std::min(row_blocks, row_tiles);
+  const index_t tiles_per_block = (row_tiles + row_blocks - 1) / row_blocks;
+  row_blocks = (row_tiles + tiles_per_block - 1) / tiles_per_block;
+  const index_t mc_block = tiles_per_block * MR;
+
+  const index_t kc_max = std::min<index_t>(Kern::KC, K);
+  const index_t nc_max = std::min<index_t>(Kern::NC, (N + NR - 1) / NR * NR);
+  T* bp = scratch<T, 1>(static_cast<std::size_t>(kc_max * nc_max));
+
+  for (index_t jc = 0; jc < N; jc += Kern::NC) {
+    const index_t nc = std::min<index_t>(Kern::NC, N - jc);
+    const index_t slivers = (nc + NR - 1) / NR;
+    // Column groups only when there are too few row blocks for two items per thread (each
+    // item packs its A block unless the same thread just packed it).
+    const index_t col_groups =
+        std::min(slivers, std::max<index_t>(1, (2 * threads + row_blocks - 1) / row_blocks));
+    const index_t slivers_per_group = (slivers + col_groups - 1) / col_groups;
+    const index_t groups = (slivers + slivers_per_group - 1) / slivers_per_group;
+    const index_t items = row_blocks * groups;
+    for (index_t pc = 0; pc < K; pc += Kern::KC) {
+      const index_t kc = std::min<index_t>(Kern::KC, K - pc);
+      const T beta_k = pc == 0 ? beta : T(1);
+      const T* b_panel = b + pc * op.brs + jc * op.bcs;
+      const T* a_panel = a + pc * op.acs;
+
+      constexpr index_t pack_grain = 4;  // slivers per pick
+      std::atomic<index_t> next_sliver{0};
+      parallel_tasks(threads, [&](index_t) {
+        for (;;) {
+          const index_t s0 = next_sliver.fetch_add(pack_grain, std::memory_order_relaxed);
+          if (s0 >= slivers) break;
+          const index_t j0 = s0 * NR;
+          const index_t cols = std::min<index_t>(pack_grain * NR, nc - j0);
+          pack_b<NR>(kc, cols, b_panel + j0 * op.bcs, op.brs, op.bcs, bp + j0 * kc);
+        }
+      });
+
+      std::atomic<index_t> next_item{0};
+      parallel_tasks(threads, [&](index_t) {
+        T* ap = scratch<T, 0>(static_cast<std::size_t>(kc_max * mc_block));
+        index_t packed_block = -1;
+        for (;;) {
+          const index_t item = next_item.fetch_add(1, std::memory_order_relaxed);
+          if (item >= items) break;
+          const index_t rb = item / groups, g = item % groups;
+          const index_t ic = rb * mc_block;
+          const index_t mc = std::min<index_t>(mc_block, M - ic);
+          if (packed_block != rb) {
+            pack_a<MR>(mc, kc, a_panel + ic * op.ars, op.ars, op.acs, ap, Kern::pack_rows);
+            packed_block = rb;
+          }
+          const index_t jr_begin = g * slivers_per_group * NR;
+          const index_t jr_end = std::min<index_t>(nc, jr_begin + slivers_per_group * NR);
+          for (index_t jr = jr_begin; jr < jr_end; jr += NR) {
+            const int n = static_cast<int>(std::min<index_t>(NR, nc - jr));
+            const T* bs = bp + jr * kc;
+            T* cj = c + ic * ldc + jc + jr;
+            for (index_t ir = 0; ir < mc; ir += MR) {
+              const int m = static_cast<int>(std::min<index_t>(MR, mc - ir));
+              Kern::run(kc, ap + ir * kc, bs, cj + ir * ldc, ldc, alpha, beta_k, m, n);
+            }
+          }
+        }
+      });
+    }
+  }
+}
+
+// Picks serial or parallel execution: below ~2 MFLOP a thread hand-off costs more than it
+// saves.
 template <class Kern, class T>
 void gemm_threaded(index_t M, index_t N, index_t K, T alpha, const T* a, const T* b,
                    const Operands& op, T beta, T* c, index_t ldc, int threads) {
-  constexpr int MR = Kern::MR, NR = Kern::NR;
   const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) *
                        static_cast<double>(K);
-  // Below ~2 MFLOP a thread hand-off costs more than it saves.
-  if (threads > 1 && flops < 2.0e6) threads = 1;
-  const bool split_m = M >= N;
-  const index_t tiles = split_m ? (M + MR - 1) / MR : (N + NR - 1) / NR;
-  threads = static_cast<int>(std::min<index_t>(threads, tiles));
-  if (threads <= 1) {
+  if (threads <= 1 || flops < 2.0e6) {
     gemm_blocked<Kern>(M, N, K, alpha, a, b, op, beta, c, ldc);
     return;
   }
-  parallel_for(0, threads, 1, [&](index_t t0, index_t t1) {
-    for (index_t t = t0; t < t1; ++t) {
-      const index_t lo = tiles * t / threads, hi = tiles * (t + 1) / threads;
-      if (split_m) {
-        const index_t i0 = lo * MR, i1 = std::min<index_t>(hi * MR, M);
-        gemm_blocked<Kern>(i1 - i0, N, K, alpha, a + i0 * op.ars, b, op, beta, c + i0 * ldc,
-                           ldc);
-      } else {
-        const index_t j0 = lo * NR, j1 = std::min<index_t>(hi * NR, N);
-        gemm_blocked<Kern>(M, j1 - j0, K, alpha, a, b + j0 * op.bcs, op, beta, c + j0, ldc);
-      }
-    }
-  });
+  gemm_parallel<Kern>(M, N, K, alpha, a, b, op, beta, c, ldc, threads);
 }
 
 template <class T>

@@ -210,6 +210,51 @@ __attribute__((target("avx2,fma"))) inline void ukernel_avx2_f32_6x16(
   store_tile_edge(tile, 16, c, ldc, alpha, beta, m, n);
 }
 
+// Packs one full 6-row sliver of a row-major A block (rows `rs` apart, columns contiguous):
+// out[k*6 + i] = a[i*rs + k]. Eight k at a time: load 8 columns of the 6 rows, transpose
+// 8×8 (two rows zero), store 6 values per k.
+__attribute__((target("avx2,fma"))) inline void pack_a_rows_avx2_f32_6(index_t kc, const float* a,
+                                                                       index_t rs, float* out) {
+  index_t k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    const __m256 r0 = _mm256_loadu_ps(a + 0 * rs + k);
+    const __m256 r1 = _mm256_loadu_ps(a + 1 * rs + k);
+    const __m256 r2 = _mm256_loadu_ps(a + 2 * rs + k);
+    const __m256 r3 = _mm256_loadu_ps(a + 3 * rs + k);
+    const __m256 r4 = _mm256_loadu_ps(a + 4 * rs + k);
+    const __m256 r5 = _mm256_loadu_ps(a + 5 * rs + k);
+    const __m256 z = _mm256_setzero_ps();
+    // Interleave pairs of rows, then quads: t* hold (r0,r1,r2,r3) and u* hold (r4,r5,0,0)
+    // columns per 128-bit lane.
+    const __m256 p01l = _mm256_unpacklo_ps(r0, r1), p01h = _mm256_unpackhi_ps(r0, r1);
+    const __m256 p23l = _mm256_unpacklo_ps(r2, r3), p23h = _mm256_unpackhi_ps(r2, r3);
+    const __m256 p45l = _mm256_unpacklo_ps(r4, r5), p45h = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t0 = _mm256_shuffle_ps(p01l, p23l, 0x44);  // col 0 | col 4, rows 0-3
+    const __m256 t1 = _mm256_shuffle_ps(p01l, p23l, 0xEE);  // col 1 | col 5
+    const __m256 t2 = _mm256_shuffle_ps(p01h, p23h, 0x44);  // col 2 | col 6
+    const __m256 t3 = _mm256_shuffle_ps(p01h, p23h, 0xEE);  // col 3 | col 7
+    const __m256 u0 = _mm256_shuffle_ps(p45l, z, 0x44);     // rows 4-5 of cols 0 | 4
+    const __m256 u1 = _mm256_shuffle_ps(p45l, z, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(p45h, z, 0x44);
+    const __m256 u3 = _mm256_shuffle_ps(p45h, z, 0xEE);
+    float* o = out + k * 6;
+#define KILN_PACK_COL(col, t, u, hi)                                                 \
+  _mm_storeu_ps(o + (col) * 6, _mm256_extractf128_ps(t, hi));                       \
+  _mm_storel_pi(reinterpret_cast<__m64*>(o + (col) * 6 + 4), _mm256_extractf128_ps(u, hi));
+    KILN_PACK_COL(0, t0, u0, 0)
+    KILN_PACK_COL(1, t1, u1, 0)
+    KILN_PACK_COL(2, t2, u2, 0)
+    KILN_PACK_COL(3, t3, u3, 0)
+    KILN_PACK_COL(4, t0, u0, 1)
+    KILN_PACK_COL(5, t1, u1, 1)
+    KILN_PACK_COL(6, t2, u2, 1)
+    KILN_PACK_COL(7, t3, u3, 1)
+#undef KILN_PACK_COL
+  }
+  for (; k < kc; ++k)
+    for (int i = 0; i < 6; ++i) out[k * 6 + i] = a[i * rs + k];
+}
+
 // ---------------------------------------------------------------- AVX2 + FMA, double 6×8
 __attribute__((target("avx2,fma"))) inline void ukernel_avx2_f64_6x8(
     index_t kc, const double* a, const double* b, double* c, index_t ldc, double alpha,

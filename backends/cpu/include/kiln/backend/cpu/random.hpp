@@ -1,13 +1,11 @@
-// kiln/backend/cpu/random.hpp — bulk random fills on raw CPU pointers (uniform, normal, bernoulli,
-// random permutation), threaded and bit-identical for any thread count.
-// Builds on kiln/core/philox.hpp (counter rule, per-block value rules), kiln/core/bfloat16.hpp and
-// kiln/backend/cpu/thread_pool.hpp.
+// kiln/backend/cpu/random.hpp — threaded uniform, normal, bernoulli fills and random permutations.
+// Builds on core/philox.hpp, core/bfloat16.hpp and backend/cpu/thread_pool.hpp.
 #pragma once
 
+#include <kiln/backend/cpu/thread_pool.hpp>
 #include <kiln/core/bfloat16.hpp>
 #include <kiln/core/config.hpp>
 #include <kiln/core/philox.hpp>
-#include <kiln/backend/cpu/thread_pool.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -88,12 +86,10 @@ void fill_by_blocks(T* out, index_t n, Rng& rng, PerBlock per_block) {
   parallel_for(0, static_cast<index_t>(n_blocks), random_grain_blocks,
                [&](index_t begin, index_t end) {
                  for (index_t b = begin; b < end; ++b) {
-                   const auto values =
-                       per_block(gen.block(first + static_cast<std::uint64_t>(b)));
+                   const auto values = per_block(gen.block(first + static_cast<std::uint64_t>(b)));
                    const index_t base = b * per;
                    const index_t count = std::min<index_t>(per, n - base);
-                   for (index_t j = 0; j < count; ++j)
-                     out[base + j] = values[static_cast<int>(j)];
+                   for (index_t j = 0; j < count; ++j) out[base + j] = values[static_cast<int>(j)];
                  }
                });
 }
@@ -111,9 +107,9 @@ void fill_uniform(T* out, index_t n, std::type_identity_t<T> low, std::type_iden
                 "fill_uniform fills float, double or kiln::bfloat16 arrays");
   detail::check_fill_arguments("fill_uniform", out, n);
   if (!(low <= high))
-    detail::random_argument_error(
-        "fill_uniform", "needs low <= high, got low = " + std::to_string(double(low)) +
-                            ", high = " + std::to_string(double(high)));
+    detail::random_argument_error("fill_uniform",
+                                  "needs low <= high, got low = " + std::to_string(double(low)) +
+                                      ", high = " + std::to_string(double(high)));
   if constexpr (std::is_same_v<T, double>) {
     detail::fill_by_blocks(out, n, rng, [low, high](const PhiloxBlock& b) {
       const auto u = uniform_double_block(b);
@@ -210,15 +206,14 @@ inline void random_permutation(index_t* out, index_t n, Rng& rng) {
   std::vector<index_t> targets(static_cast<std::size_t>(std::min(steps, chunk)));
   for (index_t chunk_begin = 0; chunk_begin < steps; chunk_begin += chunk) {
     const index_t chunk_end = std::min(steps, chunk_begin + chunk);
-    parallel_for(chunk_begin, chunk_end, detail::random_grain_blocks,
-                 [&](index_t begin, index_t end) {
-                   for (index_t s = begin; s < end; ++s) {
-                     const auto range = static_cast<std::uint64_t>(n - s);
-                     targets[static_cast<std::size_t>(s - chunk_begin)] =
-                         static_cast<index_t>(bounded_from_block(
-                             gen.block(first + static_cast<std::uint64_t>(s)), key, range));
-                   }
-                 });
+    parallel_for(
+        chunk_begin, chunk_end, detail::random_grain_blocks, [&](index_t begin, index_t end) {
+          for (index_t s = begin; s < end; ++s) {
+            const auto range = static_cast<std::uint64_t>(n - s);
+            targets[static_cast<std::size_t>(s - chunk_begin)] = static_cast<index_t>(
+                bounded_from_block(gen.block(first + static_cast<std::uint64_t>(s)), key, range));
+          }
+        });
     for (index_t s = chunk_begin; s < chunk_end; ++s)
       std::swap(out[n - 1 - s], out[targets[static_cast<std::size_t>(s - chunk_begin)]]);
   }

@@ -12,7 +12,17 @@
 
 // The instruction set is fixed at compile time by the target flags (-march=..., -mavx2 -mfma, ...).
 #if defined(__AVX512F__)
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12's AVX-512 intrinsics read _mm512_undefined_*() values that -Wuninitialized flags once
+// inlined into user code (GCC bug 105593); the headers of later GCC releases silence it the same way.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
+#else
+#include <immintrin.h>
+#endif
 #define KILN_SIMD_AVX512 1
 #define KILN_SIMD_NAME "avx512"
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -62,6 +72,7 @@ struct isa<float> {
     using reg = __m512;
     using mask = __mmask16;
     static constexpr int size = 16;
+    static constexpr bool fused_fma = true;
     static KILN_FORCEINLINE reg load(const float* p) { return _mm512_loadu_ps(p); }
     static KILN_FORCEINLINE void store(float* p, reg a) { _mm512_storeu_ps(p, a); }
     static KILN_FORCEINLINE mask tail(int n) { return static_cast<mask>((1u << n) - 1u); }
@@ -114,6 +125,7 @@ struct isa<double> {
     using reg = __m512d;
     using mask = __mmask8;
     static constexpr int size = 8;
+    static constexpr bool fused_fma = true;
     static KILN_FORCEINLINE reg load(const double* p) { return _mm512_loadu_pd(p); }
     static KILN_FORCEINLINE void store(double* p, reg a) { _mm512_storeu_pd(p, a); }
     static KILN_FORCEINLINE mask tail(int n) { return static_cast<mask>((1u << n) - 1u); }
@@ -179,6 +191,7 @@ struct isa<float> {
     using reg = __m256;
     using mask = __m256;
     static constexpr int size = 8;
+    static constexpr bool fused_fma = true;
     static KILN_FORCEINLINE reg load(const float* p) { return _mm256_loadu_ps(p); }
     static KILN_FORCEINLINE void store(float* p, reg a) { _mm256_storeu_ps(p, a); }
     // Lanes i < n set; masked-off lanes are neither read nor written by maskload/maskstore.
@@ -252,6 +265,7 @@ struct isa<double> {
     using reg = __m256d;
     using mask = __m256d;
     static constexpr int size = 4;
+    static constexpr bool fused_fma = true;
     static KILN_FORCEINLINE reg load(const double* p) { return _mm256_loadu_pd(p); }
     static KILN_FORCEINLINE void store(double* p, reg a) { _mm256_storeu_pd(p, a); }
     static KILN_FORCEINLINE __m256i tail(int n) {
@@ -328,6 +342,7 @@ struct isa<float> {
     using reg = float32x4_t;
     using mask = uint32x4_t;
     static constexpr int size = 4;
+    static constexpr bool fused_fma = true;
     static KILN_FORCEINLINE reg load(const float* p) { return vld1q_f32(p); }
     static KILN_FORCEINLINE void store(float* p, reg a) { vst1q_f32(p, a); }
     static KILN_FORCEINLINE reg load_partial(const float* p, int n) {
@@ -385,6 +400,7 @@ struct isa<double> {
     using reg = float64x2_t;
     using mask = uint64x2_t;
     static constexpr int size = 2;
+    static constexpr bool fused_fma = true;
     static KILN_FORCEINLINE reg load(const double* p) { return vld1q_f64(p); }
     static KILN_FORCEINLINE void store(double* p, reg a) { vst1q_f64(p, a); }
     static KILN_FORCEINLINE reg load_partial(const double* p, int n) {
@@ -451,6 +467,11 @@ struct scalar_isa {
     using mask = bool;
     using uint = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
     static constexpr int size = 1;
+#if defined(FP_FAST_FMA) && defined(FP_FAST_FMAF)
+    static constexpr bool fused_fma = true;
+#else
+    static constexpr bool fused_fma = false;
+#endif
     static KILN_FORCEINLINE reg load(const T* p) { return *p; }
     static KILN_FORCEINLINE void store(T* p, reg a) { *p = a; }
     static KILN_FORCEINLINE reg load_partial(const T* p, int n) { return n > 0 ? *p : T(0); }
@@ -468,11 +489,8 @@ struct scalar_isa {
     static KILN_FORCEINLINE reg max(reg a, reg b) { return a > b ? a : b; }
     static KILN_FORCEINLINE reg abs(reg a) { return std::fabs(a); }
     static KILN_FORCEINLINE reg fma(reg a, reg b, reg c) {
-#if defined(FP_FAST_FMA) && defined(FP_FAST_FMAF)
-        return std::fma(a, b, c);
-#else
-        return a * b + c;  // no fused instruction on this target: a library fma would be far slower
-#endif
+        if constexpr (fused_fma) return std::fma(a, b, c);
+        else return a * b + c;  // no fused instruction on this target: a library fma would be far slower
     }
     static KILN_FORCEINLINE reg sqrt(reg a) { return std::sqrt(a); }
     static KILN_FORCEINLINE reg floor(reg a) { return std::floor(a); }
