@@ -2,9 +2,11 @@
 // cblas_?gemm and Eigen 3.4 at 1 and 2 threads. Builds on Google Benchmark, cblas.h, Eigen.
 //
 // Build: g++ -O3 -march=native -std=c++20 -fopenmp -Iinclude -Ibackends/cpu/include
-//          -I/usr/include/eigen3 bench/bench_gemm.cpp -o bench_gemm -lbenchmark -lpthread -lopenblas
-// Run: OMP_WAIT_POLICY=passive ./bench_gemm --benchmark_min_time=0.3 --benchmark_repetitions=5
-//        --benchmark_report_aggregates_only=true   (or --benchmark_filter='sgemm.*threads:1')
+//          -isystem /usr/include/eigen3 bench/bench_gemm.cpp -o bench_gemm -lbenchmark -lpthread
+//          -lopenblas
+// Run:   ./bench_gemm --benchmark_min_time=0.3 --benchmark_repetitions=3
+//          --benchmark_report_aggregates_only=true   (or --benchmark_filter='sgemm.*threads:1')
+// Each shape runs kiln, OpenBLAS and Eigen back to back; compare within one run.
 // Arguments of every benchmark: M, N, K, threads. Counter GFLOP/s = 2·M·N·K per second.
 #include <benchmark/benchmark.h>
 
@@ -48,8 +50,9 @@ void set_counters(benchmark::State& state, const Problem<T>& p) {
       benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// OpenBLAS's worker threads keep spinning for a while after a call; on a 2-core machine
-// they would steal a core from the next benchmark, so every benchmark first lets them settle.
+// OpenBLAS's and OpenMP's worker threads keep spinning for a while after a call; on a 2-core
+// machine they would steal a core from the next benchmark, so every benchmark first lets them
+// settle.
 void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(150)); }
 
 template <class T>

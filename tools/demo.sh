@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds kiln's demo (g++ Release, -O3 -march=native) and runs it on Fashion-MNIST from Debian's
-# dataset-fashion-mnist package, writing its output under demo-out/. Extra arguments go to the
-# demo (try: bash tools/demo.sh --help). Missing Debian packages are installed first.
+# dataset-fashion-mnist package (unpacked once into build/data/fashion-mnist), writing its output
+# under demo-out/. Extra arguments go to the demo (try: bash tools/demo.sh --epochs 1, or --help).
+# Missing Debian packages are installed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +31,8 @@ install_missing() {
 
 install_missing "${PACKAGES[@]}"
 
-# Where the package put the Fashion-MNIST .gz files (KILN_FASHION_MNIST overrides).
+# The demo reads the uncompressed IDX files; the package ships them gzipped. Unpack them once
+# into build/data/fashion-mnist (KILN_FASHION_MNIST=DIR points at unpacked files instead).
 data_dir="${KILN_FASHION_MNIST:-}"
 if [ -z "$data_dir" ]; then
   train_images="$(dpkg -L dataset-fashion-mnist | grep -E 'train-images[^/]*$' | head -n 1 || true)"
@@ -38,7 +40,17 @@ if [ -z "$data_dir" ]; then
     echo "error: dataset-fashion-mnist holds no train-images file (dpkg -L dataset-fashion-mnist)" >&2
     exit 1
   fi
-  data_dir="$(dirname "$train_images")"
+  package_dir="$(dirname "$train_images")"
+  data_dir="build/data/fashion-mnist"
+  mkdir -p "$data_dir"
+  for name in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+    if [ -f "$package_dir/$name.gz" ] && [ ! -s "$data_dir/$name" ]; then
+      echo "==> unpacking $package_dir/$name.gz into $data_dir/"
+      gzip -dc "$package_dir/$name.gz" >"$data_dir/$name.tmp" && mv "$data_dir/$name.tmp" "$data_dir/$name"
+    elif [ -f "$package_dir/$name" ] && [ ! -s "$data_dir/$name" ]; then
+      cp "$package_dir/$name" "$data_dir/$name"
+    fi
+  done
 fi
 
 if [ ! -f examples/demo.cpp ] && [ ! -d examples/demo ]; then

@@ -43,6 +43,18 @@ int rint(Gen& g, int lo, int hi) { return lo + static_cast<int>(g() % static_cas
 bool chance(Gen& g, int percent) { return static_cast<int>(g() % 100) < percent; }
 // Values k/1000 in [-4, 4]: repeats happen (ties for argmax, equal operands for comparisons).
 double rval(Gen& g) { return (static_cast<int>(g() % 8001) - 4000) / 1000.0; }
+// Percentage of leaf elements that are NaN, +inf or -inf (0 except in the special-value tests).
+int special_percent = 0;
+double rval_special(Gen& g) {
+  if (special_percent > 0 && chance(g, special_percent)) {
+    switch (rint(g, 0, 2)) {
+      case 0: return std::numeric_limits<double>::quiet_NaN();
+      case 1: return std::numeric_limits<double>::infinity();
+      default: return -std::numeric_limits<double>::infinity();
+    }
+  }
+  return rval(g);
+}
 
 // Calls f(coords, flat) for every multi-index of `shape` in row-major order.
 template <class F>
@@ -222,7 +234,7 @@ Operand<T> make_leaf(Gen& g, const Dims& shape) {
   auto base = std::make_shared<std::vector<double>>();
   std::vector<T> v;
   for (index_t i = 0; i < count(shape); ++i) {
-    v.push_back(static_cast<T>(rval(g)));
+    v.push_back(static_cast<T>(rval_special(g)));
     base->push_back(static_cast<double>(v.back()));
   }
   Ref r{shape, {}, base};
@@ -233,7 +245,8 @@ Operand<T> make_leaf(Gen& g, const Dims& shape) {
 std::vector<int> random_perm(Gen& g, int n) {
   std::vector<int> p(static_cast<std::size_t>(n));
   for (int i = 0; i < n; ++i) p[static_cast<std::size_t>(i)] = i;
-  std::shuffle(p.begin(), p.end(), g);
+  for (int i = n - 1; i > 0; --i)  // Fisher-Yates by hand: std::shuffle differs between libraries
+    std::swap(p[static_cast<std::size_t>(i)], p[static_cast<std::size_t>(rint(g, 0, i))]);
   return p;
 }
 std::string str(const std::vector<int>& p) {
@@ -379,6 +392,15 @@ Operand<T> make_operand(Gen& g, const Dims& W, int depth) {
   return make_leaf<T>(g, W);
 }
 
+// make_operand with the shape drawn first and then the depth (a fixed order of draws, so the
+// cases are the same whichever order a compiler evaluates function arguments in).
+template <class T, class ShapeFn>
+Operand<T> make_random_operand(Gen& g, ShapeFn&& shape, int depth_lo, int depth_hi) {
+  const Dims W = shape();
+  const int depth = rint(g, depth_lo, depth_hi);
+  return make_operand<T>(g, W, depth);
+}
+
 // A random shape of lo..hi dims, extents 0..7, occasionally one long dim (full SIMD packets
 // plus tails). Empty shapes are kept rarer than the uniform 1/8 per dim.
 Dims random_shape(Gen& g, int lo, int hi, int big_percent = 12) {
@@ -489,9 +511,10 @@ void random_elementwise(Gen& g, int cases, int& checked) {
   for (int k = 0; k < cases; ++k) {
     const Dims S = random_shape(g, 0, 4);
     const int nops = rint(g, 2, 3);
-    auto a = make_operand<T>(g, broadcast_operand_shape(g, S), rint(g, 0, 3));
-    auto b = make_operand<T>(g, broadcast_operand_shape(g, S), rint(g, 0, 3));
-    auto c = nops == 3 ? make_operand<T>(g, broadcast_operand_shape(g, S), rint(g, 0, 3)) : a;
+    auto bshape = [&] { return broadcast_operand_shape(g, S); };
+    auto a = make_random_operand<T>(g, bshape, 0, 3);
+    auto b = make_random_operand<T>(g, bshape, 0, 3);
+    auto c = nops == 3 ? make_random_operand<T>(g, bshape, 0, 3) : a;
     const int which = rint(g, 0, expression_count - 1);
     INFO("case " << k << " expression " << which << "\n a = " << a.how << "\n b = " << b.how << "\n c = " << c.how);
     check_operand(a);
@@ -566,7 +589,7 @@ TEST_CASE("view() succeeds exactly when the elements are strided, reshape() alwa
   Gen g(777);
   int views = 0, refused = 0;
   for (int k = 0; k < 300; ++k) {
-    auto x = make_operand<double>(g, random_shape(g, 0, 4), rint(g, 1, 4));
+    auto x = make_random_operand<double>(g, [&] { return random_shape(g, 0, 4); }, 1, 4);
     if (!x.shares) continue;
     // A random target shape with the same element count: a random factorisation.
     const index_t n = x.r.numel();
@@ -790,7 +813,7 @@ void random_cube_assign(Gen& g, int cases, int& checked) {
 template <class T>
 void random_alias_assign(Gen& g, int cases, int& checked) {
   for (int c = 0; c < cases; ++c) {
-    auto D = make_operand<T>(g, random_shape(g, 1, 4), rint(g, 1, 4));
+    auto D = make_random_operand<T>(g, [&] { return random_shape(g, 1, 4); }, 1, 4);
     if (!D.shares || D.r.numel() == 0 || !distinct_elements(D.r)) continue;
     const Dims& S = D.r.shape;
     auto A = random_alias(g, D, broadcast_operand_shape(g, S));
@@ -991,7 +1014,7 @@ bool close(double got, double want, double tol) {
 template <class T>
 void random_reductions(Gen& g, int cases, int& checked) {
   for (int c = 0; c < cases; ++c) {
-    auto x = make_operand<T>(g, random_shape(g, 0, 4, 25), rint(g, 1, 3));
+    auto x = make_random_operand<T>(g, [&] { return random_shape(g, 0, 4, 25); }, 1, 3);
     const bool through_expr = chance(g, 20);  // reduce x * 1 (an expression) instead of the view
     const Dims& W = x.r.shape;
     const int nd = static_cast<int>(W.size());
@@ -1223,6 +1246,39 @@ TEST_CASE("large random views: the same bits with 1, 2 and 3 threads") {
       const std::string m = compare(kiln_expression(which, a.t, b.t, a.t), out, want, rtol<float>(), rtol<float>());
       CHECK_MESSAGE(m.empty(), m);
     }
+    // sum, max and argmax along each axis against the reference once (chunked inner loops,
+    // blocked long rows)
+    {
+      const std::vector<double> xs = values(a.r);
+      for (int axis = 0; axis < static_cast<int>(W.size()); ++axis) {
+        Dims rest = W, out_shape = W;
+        rest[static_cast<std::size_t>(axis)] = 1;
+        out_shape.erase(out_shape.begin() + axis);
+        std::vector<double> wsum, wmax, warg;
+        double tol = 0;
+        for_each_index(rest, [&](const Dims& ci, index_t) {
+          std::vector<double> along;
+          Dims cc = ci;
+          for (index_t r = 0; r < W[static_cast<std::size_t>(axis)]; ++r) {
+            cc[static_cast<std::size_t>(axis)] = r;
+            along.push_back(xs[static_cast<std::size_t>(flat_index(W, cc))]);
+          }
+          double t;
+          wsum.push_back(ref_reduce<float>(Op::sum, along, t));
+          // Along a non-innermost axis kiln adds the R terms one after another in float, so
+          // the error grows like R * eps (8e-5 relative seen for R = 11454): allow 1e-3 here.
+          tol = std::max(tol, 100 * t);
+          wmax.push_back(ref_reduce<float>(Op::max, along, t));
+          warg.push_back(ref_reduce<float>(Op::argmax, along, t));
+        });
+        INFO("axis " << axis);
+        std::string m;
+        CHECK_MESSAGE((m = compare(kiln::sum(a.t, axis), out_shape, wsum, 0, tol)).empty(), "sum: " << m);
+        CHECK_MESSAGE((m = compare(kiln::max(a.t, axis), out_shape, wmax, 0, 0)).empty(), "max: " << m);
+        const auto am = kiln::argmax(a.t, axis).to_vector();
+        CHECK(std::vector<double>(am.begin(), am.end()) == warg);
+      }
+    }
     auto run = [&] {
       std::vector<unsigned char> bits;
       append_bits(bits, kiln_expression(which, a.t, b.t, a.t));
@@ -1244,8 +1300,9 @@ TEST_CASE("large random views: the same bits with 1, 2 and 3 threads") {
       append_bits(bits, kiln::var(d.t));
       append_bits(bits, kiln::logsumexp(a.t));
       auto m2 = a.t.reshape({-1, W.back()});
-      const index_t rows = std::min<index_t>(m2.size(0), 160);
-      append_bits(bits, kiln::matmul(m2.slice(0, 0, rows).t(), m2.slice(0, 0, rows, 1)));
+      auto part = m2.slice(0, 0, 160).slice(1, 0, 150);  // at most [160, 150]
+      append_bits(bits, kiln::matmul(part.t(), part));
+      append_bits(bits, kiln::matmul(part.slice(1, 0, 150, 2), part.t().slice(0, 0, 150, 2)));
       return bits;
     };
     kiln::set_num_threads(1);
@@ -1259,4 +1316,121 @@ TEST_CASE("large random views: the same bits with 1, 2 and 3 threads") {
     CHECK(r1 == r3);
   }
   kiln::set_num_threads(saved);
+}
+
+// --- NaN and infinities --------------------------------------------------------------------------
+
+namespace {
+
+double nan_max(double a, double b) { return std::isnan(a) || std::isnan(b) ? std::nan("") : std::max(a, b); }
+double nan_min(double a, double b) { return std::isnan(a) || std::isnan(b) ? std::nan("") : std::min(a, b); }
+
+template <class T>
+void random_special(Gen& g, int cases, int& checked) {
+  special_percent = 15;
+  for (int c = 0; c < cases; ++c) {
+    const Dims S = random_shape(g, 0, 3, 25);
+    auto bshape = [&] { return broadcast_operand_shape(g, S); };
+    auto a = make_random_operand<T>(g, bshape, 0, 3);
+    auto b = make_random_operand<T>(g, bshape, 0, 3);
+    auto x = make_random_operand<T>(g, [&] { return S; }, 0, 3);
+    INFO("case " << c << "\n a = " << a.how << "\n b = " << b.how << "\n x = " << x.how);
+    Dims out;
+    REQUIRE(ref_broadcast(a.r.shape, b.r.shape, out));
+    for (int which = 0; which < 3; ++which) {
+      std::vector<double> want;
+      for_each_index(out, [&](const Dims& ci, index_t) {
+        const double p = ref_at_broadcast(a.r, out, ci), q = ref_at_broadcast(b.r, out, ci);
+        switch (which) {
+          case 0: want.push_back(nan_max(p, q) + nan_min(q, p * 2)); break;
+          case 1: want.push_back(p > q ? (std::isnan(p) ? p : std::max(p, 0.0)) : (std::isnan(q) ? q : std::clamp(q, -1.0, 1.0))); break;
+          default: want.push_back(p * q - q); break;
+        }
+      });
+      Tensor<T> got = which == 0   ? Tensor<T>(kiln::maximum(a.t, b.t) + kiln::minimum(b.t, a.t * T(2)))
+                      : which == 1 ? Tensor<T>(kiln::where(a.t > b.t, kiln::relu(a.t), kiln::clamp(b.t, -1, 1)))
+                                   : Tensor<T>(a.t * b.t - b.t);
+      const std::string m = compare(got, out, want, rtol<T>(), rtol<T>());
+      CHECK_MESSAGE(m.empty(), "expression " << which << ": " << m);
+    }
+    // reductions along each axis: max/min/argmax/argmin propagate NaN, logsumexp handles +-inf
+    const std::vector<double> xs = values(x.r);
+    const Dims& W = x.r.shape;
+    for (int axis = 0; axis < static_cast<int>(W.size()); ++axis) {
+      const index_t R = W[static_cast<std::size_t>(axis)];
+      if (R == 0) continue;
+      Dims rest = W;
+      rest[static_cast<std::size_t>(axis)] = 1;
+      std::vector<double> wmax, wmin, wamax, wamin, wlse, wsum;
+      for_each_index(rest, [&](const Dims& ci, index_t) {
+        std::vector<double> along;
+        Dims cc = ci;
+        for (index_t r = 0; r < R; ++r) {
+          cc[static_cast<std::size_t>(axis)] = r;
+          along.push_back(xs[static_cast<std::size_t>(flat_index(W, cc))]);
+        }
+        double mx = along[0], mn = along[0], s = 0;
+        index_t amx = 0, amn = 0, first_nan = -1;
+        bool pinf = false, all_ninf = true;
+        for (index_t r = 0; r < R; ++r) {
+          const double v = along[static_cast<std::size_t>(r)];
+          s += v;
+          if (std::isnan(v) && first_nan < 0) first_nan = r;
+          pinf = pinf || v == std::numeric_limits<double>::infinity();
+          all_ninf = all_ninf && v == -std::numeric_limits<double>::infinity();
+          if (v > mx) mx = v, amx = r;
+          if (v < mn) mn = v, amn = r;
+        }
+        if (first_nan >= 0) {
+          wmax.push_back(std::nan(""));
+          wmin.push_back(std::nan(""));
+          wamax.push_back(static_cast<double>(first_nan));
+          wamin.push_back(static_cast<double>(first_nan));
+          wlse.push_back(std::nan(""));
+        } else {
+          wmax.push_back(mx);
+          wmin.push_back(mn);
+          wamax.push_back(static_cast<double>(amx));
+          wamin.push_back(static_cast<double>(amn));
+          if (pinf) {
+            wlse.push_back(std::numeric_limits<double>::infinity());
+          } else if (all_ninf) {
+            wlse.push_back(-std::numeric_limits<double>::infinity());
+          } else {
+            double e = 0;
+            for (double v : along) e += std::exp(v - mx);
+            wlse.push_back(mx + std::log(e));
+          }
+        }
+        wsum.push_back(s);
+      });
+      Dims got_shape = W;
+      got_shape.erase(got_shape.begin() + axis);
+      auto idx_to_double = [](const Tensor<index_t>& t) {
+        auto v = t.to_vector();
+        std::vector<T> d(v.begin(), v.end());
+        return kiln::from_vector(d, t.shape());
+      };
+      INFO("axis " << axis);
+      std::string m;
+      CHECK_MESSAGE((m = compare(kiln::max(x.t, axis), got_shape, wmax, 0, 0)).empty(), "max: " << m);
+      CHECK_MESSAGE((m = compare(kiln::min(x.t, axis), got_shape, wmin, 0, 0)).empty(), "min: " << m);
+      CHECK_MESSAGE((m = compare(idx_to_double(kiln::argmax(x.t, axis)), got_shape, wamax, 0, 0)).empty(), "argmax: " << m);
+      CHECK_MESSAGE((m = compare(idx_to_double(kiln::argmin(x.t, axis)), got_shape, wamin, 0, 0)).empty(), "argmin: " << m);
+      CHECK_MESSAGE((m = compare(kiln::logsumexp(x.t, axis), got_shape, wlse, rtol<T>(), rtol<T>())).empty(), "logsumexp: " << m);
+      CHECK_MESSAGE((m = compare(kiln::sum(x.t, axis), got_shape, wsum, 1e-4, 1e-4)).empty(), "sum: " << m);
+    }
+    ++checked;
+  }
+  special_percent = 0;
+}
+
+}  // namespace
+
+TEST_CASE("NaN and infinities through expressions and reductions of random views") {
+  Gen g(404);
+  int checked = 0;
+  random_special<float>(g, 120, checked);
+  random_special<double>(g, 60, checked);
+  MESSAGE(checked << " cases with NaN/inf elements checked");
 }

@@ -141,3 +141,16 @@ TEST_CASE("stable logsumexp and special values") {
   CHECK_THROWS_AS(kiln::max(e, 0), kiln::ShapeError);
   CHECK(kiln::sum(e, 1).numel() == 0);
 }
+
+TEST_CASE("0-d inputs reduce to 0-d; float sums down a long non-inner axis stay accurate") {
+  auto s = kiln::full<float>({}, 2.5f);
+  CHECK(kiln::sum(s, 0).dim() == 0);
+  CHECK(kiln::sum(s, 0, true).dim() == 0);
+  CHECK(kiln::max(s, -1).item() == 2.5f);
+  CHECK_THROWS_AS(kiln::sum(s, 1), kiln::ValueError);
+  // 20000 rows of 0.1f down axis 0: a plain running float sum drifts by ~1e-3 relative.
+  auto col = kiln::full<float>({20000, 3}, 0.1f);
+  const double want = 20000 * static_cast<double>(0.1f);
+  auto got = kiln::sum(col, 0);
+  for (int j = 0; j < 3; ++j) CHECK(std::abs(got.at({j}) - want) / want < 2e-5);
+}

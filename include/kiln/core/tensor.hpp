@@ -255,7 +255,8 @@ class Tensor {
     return reshape(to);
   }
   // Reorders the dimensions: result dim i is this tensor's dim order[i].
-  Tensor permute(std::initializer_list<int> order) const {
+  Tensor permute(std::initializer_list<int> order) const { return permute(std::vector<int>(order)); }
+  Tensor permute(const std::vector<int>& order) const {
     if (static_cast<int>(order.size()) != dim())
       throw_value_error("permute", "got " + std::to_string(order.size()) + " axes for a tensor of shape " +
                                        to_string(shape_));

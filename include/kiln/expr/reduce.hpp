@@ -47,11 +47,13 @@ auto reduce_axis(const char* op, Reduction kind, const E& x, int axis, bool keep
   auto c = materialize(x);
   using T = typename decltype(c)::value_type;
   using D = typename decltype(c)::device_type;
-  if (c.dim() == 0) {
-    if (axis != 0 && axis != -1) normalize_axis(op, axis, 1);
+  const bool scalar_input = c.dim() == 0;
+  if (scalar_input) {
+    normalize_axis(op, axis, 1);
     c = c.reshape({1});
   }
-  const ReduceGeometry g = reduce_geometry(op, c.shape(), axis, keepdim);
+  ReduceGeometry g = reduce_geometry(op, c.shape(), axis, keepdim);
+  if (scalar_input) g.out_shape = Shape{};  // like PyTorch: a 0-d input reduces to 0-d
   if (g.R == 0 && (kind == Reduction::max || kind == Reduction::min))
     throw_shape_error(op, "cannot reduce an empty dimension (axis " + std::to_string(axis) + ")", c.shape());
   auto out = Tensor<T, D>::uninitialized(g.out_shape);

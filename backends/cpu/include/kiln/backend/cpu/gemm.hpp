@@ -1,13 +1,12 @@
 // kiln/backend/cpu/gemm.hpp — GEMM and strided-batched GEMM, float and double, row-major.
-// Builds on packed panels, cache blocks and gemm_x86.hpp micro-kernels over thread_pool.hpp.
+// Builds on packed panels, cache blocks, gemm_x86/gemm_neon micro-kernels and thread_pool.hpp.
 #pragma once
 
 #include <kiln/backend/cpu/thread_pool.hpp>
 #include <kiln/core/config.hpp>
 
-#if defined(__x86_64__)
+#include <kiln/backend/cpu/gemm_neon.hpp>
 #include <kiln/backend/cpu/gemm_x86.hpp>
-#endif
 
 #include <algorithm>
 #include <atomic>
@@ -15,6 +14,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 
 namespace kiln::backend::cpu {
@@ -213,6 +213,10 @@ struct Kernel {
 
 using PortableF32 = Kernel<float, 4, 8, 256, 128, 2048, &ukernel_portable<float, 4, 8>>;
 using PortableF64 = Kernel<double, 4, 4, 256, 128, 2048, &ukernel_portable<double, 4, 4>>;
+#if defined(__aarch64__) && defined(__ARM_NEON)
+using NeonF32 = Kernel<float, 8, 8, 256, 128, 2048, &ukernel_neon_f32_8x8>;
+using NeonF64 = Kernel<double, 8, 4, 256, 128, 2048, &ukernel_neon_f64_8x4>;
+#endif
 #if defined(__x86_64__)
 // Zen 3 (32 KiB L1d, 512 KiB L2/core): B sliver 16×256×4 B = 16 KiB in L1,
 // A block 144×256×4 B = 144 KiB in L2, B panel 256×3072×4 B = 3 MiB in L3.
@@ -337,8 +341,12 @@ void gemm_parallel(index_t M, index_t N, index_t K, T alpha, const T* a, const T
       const T* b_panel = b + pc * op.brs + jc * op.bcs;
       const T* a_panel = a + pc * op.acs;
 
+      // One parallel region per panel. Packing first: slivers are handed out through a
+      // counter and counted when done; a thread that runs out of slivers waits until all are
+      // packed. Every sliver taken is finished by the thread that took it, so this cannot
+      // deadlock even when one thread ends up running every task.
       constexpr index_t pack_grain = 4;  // slivers per pick
-      std::atomic<index_t> next_sliver{0};
+      std::atomic<index_t> next_sliver{0}, packed_slivers{0}, next_item{0};
       parallel_tasks(threads, [&](index_t) {
         for (;;) {
           const index_t s0 = next_sliver.fetch_add(pack_grain, std::memory_order_relaxed);
@@ -346,11 +354,12 @@ void gemm_parallel(index_t M, index_t N, index_t K, T alpha, const T* a, const T
           const index_t j0 = s0 * NR;
           const index_t cols = std::min<index_t>(pack_grain * NR, nc - j0);
           pack_b<NR>(kc, cols, b_panel + j0 * op.bcs, op.brs, op.bcs, bp + j0 * kc);
+          packed_slivers.fetch_add(std::min<index_t>(pack_grain, slivers - s0),
+                                   std::memory_order_release);
         }
-      });
+        while (packed_slivers.load(std::memory_order_acquire) < slivers)
+          std::this_thread::yield();
 
-      std::atomic<index_t> next_item{0};
-      parallel_tasks(threads, [&](index_t) {
         T* ap = scratch<T, 0>(static_cast<std::size_t>(kc_max * mc_block));
         index_t packed_block = -1;
         for (;;) {
@@ -417,6 +426,10 @@ Driver<T> pick_driver() {
     return {&gemm_threaded<Avx512, T>, is_float ? "avx512f 14x32" : "avx512f 14x16"};
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
     return {&gemm_threaded<Avx2, T>, is_float ? "avx2+fma 6x16" : "avx2+fma 6x8"};
+#endif
+#if defined(__aarch64__) && defined(__ARM_NEON)
+  using Neon = std::conditional_t<is_float, NeonF32, NeonF64>;
+  return {&gemm_threaded<Neon, T>, is_float ? "neon 8x8" : "neon 8x4"};
 #endif
   return {&gemm_threaded<Portable, T>, is_float ? "portable 4x8" : "portable 4x4"};
 }

@@ -1,7 +1,8 @@
-// kiln/backend/cpu/gemm_x86.hpp — x86-64 GEMM micro-kernels: AVX2+FMA (6×16 float, 6×8 double)
-// and AVX-512F (14×32 float, 14×16 double). Builds on <immintrin.h> with per-function targets.
+// kiln/backend/cpu/gemm_x86.hpp — x86-64 GEMM micro-kernels: AVX2+FMA 6×16 f32 / 6×8 f64,
+// AVX-512F 14×32 f32 / 14×16 f64. Builds on <immintrin.h> (per-function targets), gemm_tile.hpp.
 #pragma once
 
+#include <kiln/backend/cpu/gemm_tile.hpp>
 #include <kiln/core/config.hpp>
 
 #if defined(__x86_64__)
@@ -9,21 +10,6 @@
 #include <immintrin.h>
 
 namespace kiln::backend::cpu::gemm_detail {
-
-// Writes an m×n corner of a computed tile (row stride `ld_tile`) into C:
-// C = alpha·tile + beta·C, never reading C when beta == 0.
-template <class T>
-inline void store_tile_edge(const T* tile, int ld_tile, T* c, index_t ldc, T alpha, T beta,
-                            int m, int n) {
-  if (beta == T(0)) {
-    for (int i = 0; i < m; ++i)
-      for (int j = 0; j < n; ++j) c[i * ldc + j] = alpha * tile[i * ld_tile + j];
-  } else {
-    for (int i = 0; i < m; ++i)
-      for (int j = 0; j < n; ++j)
-        c[i * ldc + j] = alpha * tile[i * ld_tile + j] + beta * c[i * ldc + j];
-  }
-}
 
 // Every micro-kernel has the same contract. `a` is a packed MR×kc sliver (MR values per k),
 // `b` a packed kc×NR sliver (NR values per k), both 64-byte aligned and zero padded.

@@ -80,7 +80,8 @@ void reduce_generic(const T* in, const T* center, T* out, index_t outer, index_t
     return;
   }
   // inner > 1: vectorize across the inner axis, walk r in order.
-  const index_t chunk = 256;  // inner elements per task
+  const index_t chunk = 256;      // inner elements per task
+  const index_t row_block = 128;  // rows summed before joining the running result
   const index_t chunks_per_row = (inner + chunk - 1) / chunk;
   const index_t tasks = outer * chunks_per_row;
   const index_t work = std::max<index_t>(1, R * std::min(chunk, inner));
@@ -93,15 +94,26 @@ void reduce_generic(const T* in, const T* center, T* out, index_t outer, index_t
       const T* cen = center ? center + o * inner : nullptr;
       index_t i = i0;
       for (; i + W <= i1; i += W) {
+        // Two levels (blocks of rows, then the block results) keep float sums accurate.
         const V c = cen ? V::load(cen + i) : V::broadcast(T(0));
         V acc = V::broadcast(identity);
-        for (index_t r = 0; r < R; ++r) acc = combine(acc, transform(V::load(base + r * inner + i), c));
+        for (index_t r0 = 0; r0 < R; r0 += row_block) {
+          const index_t r1 = std::min(R, r0 + row_block);
+          V part = V::broadcast(identity);
+          for (index_t r = r0; r < r1; ++r) part = combine(part, transform(V::load(base + r * inner + i), c));
+          acc = combine(acc, part);
+        }
         acc.store(dst + i);
       }
       for (; i < i1; ++i) {
         const T c = cen ? cen[i] : T(0);
         T acc = identity;
-        for (index_t r = 0; r < R; ++r) acc = combine(acc, transform(base[r * inner + i], c));
+        for (index_t r0 = 0; r0 < R; r0 += row_block) {
+          const index_t r1 = std::min(R, r0 + row_block);
+          T part = identity;
+          for (index_t r = r0; r < r1; ++r) part = combine(part, transform(base[r * inner + i], c));
+          acc = combine(acc, part);
+        }
         dst[i] = acc;
       }
     }

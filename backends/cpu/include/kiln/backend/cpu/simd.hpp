@@ -1,6 +1,5 @@
-// kiln/backend/cpu/simd.hpp — fixed-width SIMD packets Vec<float>, Vec<double> and Mask<T>:
-// loads/stores (whole and partial), arithmetic, comparisons, select, reductions, vectorized math.
-// Builds on kiln/core/config.hpp and the compiler's AVX-512F, AVX2+FMA or NEON intrinsics, else plain C++.
+// kiln/backend/cpu/simd.hpp — SIMD packets Vec<float|double>, Mask<T>: loads/stores, arithmetic, select, reductions, math.
+// Builds on kiln/core/config.hpp and AVX-512F, AVX2+FMA or NEON intrinsics (else one lane of plain C++).
 #pragma once
 
 #include <kiln/core/config.hpp>

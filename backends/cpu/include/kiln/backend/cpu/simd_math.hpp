@@ -1,5 +1,4 @@
-// kiln/backend/cpu/simd_math.hpp — branch-free lane-wise exp, expm1, log, log1p, tanh, erf, pow and
-// sigmoid for simd::Vec<float> and Vec<double>, within a few ulp of the std:: functions, table-free.
+// kiln/backend/cpu/simd_math.hpp — branch-free lane-wise exp, expm1, log, log1p, tanh, erf, pow, sigmoid.
 // Builds on kiln/backend/cpu/simd.hpp (packets, bit operations on lanes, fused multiply-add).
 #pragma once
 
