@@ -45,6 +45,18 @@ struct Leaf {
   void for_each_leaf(F&& f) const {
     f(data, strides);
   }
+  template <class F>
+  void for_each_leaf_node(F&& f) {
+    f(*this);
+  }
+  // Points the row at `scratch` holding elements j .. j+n-1 of the current row (zero padded to
+  // `width`), so the last, partial packet of a row runs through the same code as full ones.
+  void redirect_tail(T* scratch, index_t j, int n, int width) {
+    if (inner == 0) return;
+    for (int k = 0; k < width; ++k) scratch[k] = k < n ? row[(j + k) * inner] : T(0);
+    row = scratch;
+    inner = 1;
+  }
   KILN_HD T at(const index_t* coords, int ndim) const {
     index_t off = 0;
     for (int i = 0; i < ndim; ++i) off += coords[i] * strides.dims[i];
@@ -93,6 +105,8 @@ struct Scalar {
   void for_each_strides(F&&) {}
   template <class F>
   void for_each_leaf(F&&) const {}
+  template <class F>
+  void for_each_leaf_node(F&&) {}
   KILN_HD T at(const index_t*, int) const { return value; }
   void seek(const index_t*, int, index_t) {}
   template <class V, Access A>
@@ -120,6 +134,10 @@ struct Unary {
   template <class G>
   void for_each_leaf(G&& g) const {
     a.for_each_leaf(g);
+  }
+  template <class G>
+  void for_each_leaf_node(G&& g) {
+    a.for_each_leaf_node(g);
   }
   KILN_HD value_type at(const index_t* c, int n) const { return f(a.at(c, n)); }
   void seek(const index_t* c, int n, index_t col) { a.seek(c, n, col); }
@@ -154,6 +172,11 @@ struct Binary {
   void for_each_leaf(G&& g) const {
     a.for_each_leaf(g);
     b.for_each_leaf(g);
+  }
+  template <class G>
+  void for_each_leaf_node(G&& g) {
+    a.for_each_leaf_node(g);
+    b.for_each_leaf_node(g);
   }
   KILN_HD value_type at(const index_t* c, int n) const { return f(a.at(c, n), b.at(c, n)); }
   void seek(const index_t* c, int n, index_t col) {
@@ -195,6 +218,12 @@ struct Ternary {
     a.for_each_leaf(g);
     b.for_each_leaf(g);
     c.for_each_leaf(g);
+  }
+  template <class G>
+  void for_each_leaf_node(G&& g) {
+    a.for_each_leaf_node(g);
+    b.for_each_leaf_node(g);
+    c.for_each_leaf_node(g);
   }
   KILN_HD value_type at(const index_t* k, int n) const { return f(a.at(k, n), b.at(k, n), c.at(k, n)); }
   void seek(const index_t* k, int n, index_t col) {

@@ -11,22 +11,49 @@ namespace kiln::backend::cpu {
 
 namespace detail {
 
+#if defined(__GNUC__) || defined(__clang__)
+#define KILN_NOINLINE __attribute__((noinline))
+#else
+#define KILN_NOINLINE
+#endif
+
+// `packets` full packets of a run, from element j0 on, stored contiguously at `out`. Every
+// packet, the last partial one of a run included, goes through this one compiled loop, so an
+// element's value never depends on where a run was cut between threads (a compiler may contract
+// a*b+c into an FMA differently in two inlined copies of the same arithmetic).
 template <class V, expr::Access A, class T, class Node>
-KILN_FORCEINLINE void eval_run(Node& node, T* out, index_t out_stride, index_t len) {
+KILN_NOINLINE void eval_packets(const Node& node, T* out, index_t j0, index_t packets) {
   constexpr int W = V::size;
-  index_t j = 0;
+  for (index_t p = 0; p < packets; ++p) node.template packet<V, A>(j0 + p * W).store(out + p * W);
+}
+
+template <class V, expr::Access A, class T, class Node>
+void eval_run(const Node& node, T* out, index_t out_stride, index_t len) {
+  constexpr int W = V::size;
+  const index_t full = len / W;
   if (out_stride == 1) {
-    for (; j + W <= len; j += W) node.template packet<V, A>(j).store(out + j);
-    if (j < len) node.template packet_partial<V, A>(j, static_cast<int>(len - j)).store_partial(out + j, static_cast<int>(len - j));
+    if (full > 0) eval_packets<V, A>(node, out, 0, full);
   } else {
-    alignas(64) T buf[W];
-    for (; j < len; j += W) {
-      const int n = (len - j) < W ? static_cast<int>(len - j) : W;
-      const V v = n == W ? node.template packet<V, A>(j) : node.template packet_partial<V, A>(j, n);
-      v.store(buf);
-      for (int k = 0; k < n; ++k) out[(j + k) * out_stride] = buf[k];
+    constexpr index_t chunk = 64;  // packets per staging buffer
+    alignas(64) T buf[chunk * W];
+    for (index_t p0 = 0; p0 < full; p0 += chunk) {
+      const index_t cnt = full - p0 < chunk ? full - p0 : chunk;
+      eval_packets<V, A>(node, buf, p0 * W, cnt);
+      T* dst = out + p0 * W * out_stride;
+      for (index_t q = 0; q < cnt * W; ++q) dst[q * out_stride] = buf[q];
     }
   }
+  const int n = static_cast<int>(len - full * W);
+  if (n == 0) return;
+  // The partial packet: operands copied to zero-padded scratch, computed as a full packet.
+  alignas(64) T scratch[Node::leaves > 0 ? Node::leaves : 1][W];
+  alignas(64) T result[W];
+  Node tail = node;
+  int k = 0;
+  tail.for_each_leaf_node([&](auto& leaf) { leaf.redirect_tail(scratch[k++], full * W, n, W); });
+  eval_packets<V, A>(tail, result, 0, 1);
+  T* dst = out + full * W * out_stride;
+  for (int q = 0; q < n; ++q) dst[q * out_stride] = result[q];
 }
 
 }  // namespace detail
