@@ -11,28 +11,7 @@ PACKAGES=(g++ clang cmake ninja-build pkg-config doctest-dev libbenchmark-dev li
 
 log() { printf '\n==> %s\n' "$*"; }
 
-install_missing() {
-  local missing=() pkg
-  for pkg in "$@"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "warning: missing packages (${missing[*]}) and no apt-get; install them by hand" >&2
-    return 0
-  fi
-  local sudo=()
-  if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then sudo=(sudo); else
-      echo "error: packages ${missing[*]} are missing and this is not root (no sudo)" >&2
-      return 1
-    fi
-  fi
-  log "installing ${missing[*]}"
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null &&
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-      "${missing[@]}" </dev/null
-}
+source "tools/install-missing.sh"
 
 deps_start=$SECONDS
 if command -v dpkg >/dev/null 2>&1; then
