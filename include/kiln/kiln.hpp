@@ -10,6 +10,7 @@
 #include <kiln/core/error.hpp>
 #include <kiln/core/factories.hpp>
 #include <kiln/core/philox.hpp>
+#include <kiln/core/print.hpp>
 #include <kiln/core/shape.hpp>
 #include <kiln/core/tensor.hpp>
 
