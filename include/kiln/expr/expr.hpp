@@ -80,17 +80,6 @@ struct Leaf {
       return V::load(buf);
     }
   }
-  template <class V, Access A>
-  V packet_partial(index_t j, int n) const {
-    if constexpr (A != Access::general) {
-      if (A == Access::contiguous || inner != 0) return V::load_partial(row + j, n);
-      return V::broadcast(*row);
-    } else {
-      alignas(64) T buf[V::size] = {};
-      for (int k = 0; k < n; ++k) buf[k] = row[(j + k) * inner];
-      return V::load(buf);
-    }
-  }
 };
 
 // A constant.
@@ -111,10 +100,6 @@ struct Scalar {
   void seek(const index_t*, int, index_t) {}
   template <class V, Access A>
   V packet(index_t) const {
-    return V::broadcast(value);
-  }
-  template <class V, Access A>
-  V packet_partial(index_t, int) const {
     return V::broadcast(value);
   }
 };
@@ -144,10 +129,6 @@ struct Unary {
   template <class V, Access M>
   V packet(index_t j) const {
     return f(a.template packet<V, M>(j));
-  }
-  template <class V, Access M>
-  V packet_partial(index_t j, int n) const {
-    return f(a.template packet_partial<V, M>(j, n));
   }
 };
 
@@ -186,10 +167,6 @@ struct Binary {
   template <class V, Access M>
   V packet(index_t j) const {
     return f(a.template packet<V, M>(j), b.template packet<V, M>(j));
-  }
-  template <class V, Access M>
-  V packet_partial(index_t j, int n) const {
-    return f(a.template packet_partial<V, M>(j, n), b.template packet_partial<V, M>(j, n));
   }
 };
 
@@ -234,11 +211,6 @@ struct Ternary {
   template <class V, Access M>
   V packet(index_t j) const {
     return f(a.template packet<V, M>(j), b.template packet<V, M>(j), c.template packet<V, M>(j));
-  }
-  template <class V, Access M>
-  V packet_partial(index_t j, int n) const {
-    return f(a.template packet_partial<V, M>(j, n), b.template packet_partial<V, M>(j, n),
-             c.template packet_partial<V, M>(j, n));
   }
 };
 

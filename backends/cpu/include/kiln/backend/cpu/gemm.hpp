@@ -234,6 +234,23 @@ struct Operands {
   index_t ars, acs, brs, bcs;
 };
 
+// The two innermost loops: micro-kernels over the packed A block `ap` (mc rows) and the packed
+// B slivers jr_begin..jr_end of `bp`, writing the C block at c (row stride ldc).
+template <class Kern, class T>
+KILN_FORCEINLINE void macro_kernel(index_t mc, index_t kc, index_t jr_begin, index_t jr_end, index_t nc,
+                                   const T* ap, const T* bp, T* c, index_t ldc, T alpha, T beta) {
+  constexpr int MR = Kern::MR, NR = Kern::NR;
+  for (index_t jr = jr_begin; jr < jr_end; jr += NR) {
+    const int n = static_cast<int>(std::min<index_t>(NR, nc - jr));
+    const T* bs = bp + jr * kc;
+    T* cj = c + jr;
+    for (index_t ir = 0; ir < mc; ir += MR) {
+      const int m = static_cast<int>(std::min<index_t>(MR, mc - ir));
+      Kern::run(kc, ap + ir * kc, bs, cj + ir * ldc, ldc, alpha, beta, m, n);
+    }
+  }
+}
+
 // The five BLIS loops around the micro-kernel for one thread's sub-problem.
 template <class Kern, class T>
 void gemm_blocked(index_t M, index_t N, index_t K, T alpha, const T* a, const T* b,
@@ -253,15 +270,7 @@ void gemm_blocked(index_t M, index_t N, index_t K, T alpha, const T* a, const T*
       for (index_t ic = 0; ic < M; ic += Kern::MC) {
         const index_t mc = std::min<index_t>(Kern::MC, M - ic);
         pack_a<MR>(mc, kc, a + ic * op.ars + pc * op.acs, op.ars, op.acs, ap, Kern::pack_rows);
-        for (index_t jr = 0; jr < nc; jr += NR) {
-          const int n = static_cast<int>(std::min<index_t>(NR, nc - jr));
-          const T* bs = bp + jr * kc;
-          T* cj = c + ic * ldc + jc + jr;
-          for (index_t ir = 0; ir < mc; ir += MR) {
-            const int m = static_cast<int>(std::min<index_t>(MR, mc - ir));
-            Kern::run(kc, ap + ir * kc, bs, cj + ir * ldc, ldc, alpha, beta_k, m, n);
-          }
-        }
+        macro_kernel<Kern>(mc, kc, 0, nc, nc, ap, bp, c + ic * ldc + jc, ldc, alpha, beta_k);
       }
     }
   }
@@ -374,15 +383,7 @@ void gemm_parallel(index_t M, index_t N, index_t K, T alpha, const T* a, const T
           }
           const index_t jr_begin = g * slivers_per_group * NR;
           const index_t jr_end = std::min<index_t>(nc, jr_begin + slivers_per_group * NR);
-          for (index_t jr = jr_begin; jr < jr_end; jr += NR) {
-            const int n = static_cast<int>(std::min<index_t>(NR, nc - jr));
-            const T* bs = bp + jr * kc;
-            T* cj = c + ic * ldc + jc + jr;
-            for (index_t ir = 0; ir < mc; ir += MR) {
-              const int m = static_cast<int>(std::min<index_t>(MR, mc - ir));
-              Kern::run(kc, ap + ir * kc, bs, cj + ir * ldc, ldc, alpha, beta_k, m, n);
-            }
-          }
+          macro_kernel<Kern>(mc, kc, jr_begin, jr_end, nc, ap, bp, c + ic * ldc + jc, ldc, alpha, beta_k);
         }
       });
     }
