@@ -55,7 +55,8 @@ const T* ptr_or_null(const std::vector<T>& v, bool use) {
 }
 
 // d loss / d p_i by central differences, p perturbed in place and restored.
-std::vector<double> numeric_gradient(std::vector<double>& p, const std::function<double()>& loss, double h = 1e-5) {
+std::vector<double> numeric_gradient(std::vector<double>& p, const std::function<double()>& loss,
+                                     double h = 1e-5) {
   std::vector<double> g(p.size());
   for (std::size_t i = 0; i < p.size(); ++i) {
     const double saved = p[i];
@@ -85,9 +86,9 @@ constexpr double fd_tolerance = 1e-6;
 // ---------------------------------------------------------------------------- references
 
 // Layer norm (or RMS norm when rms) of each row, in double.
-void reference_row_norm(const std::vector<double>& x, const double* w, const double* b, index_t rows, index_t cols,
-                        double eps, bool rms, std::vector<double>& y, std::vector<double>& mean,
-                        std::vector<double>& rstd) {
+void reference_row_norm(const std::vector<double>& x, const double* w, const double* b,
+                        index_t rows, index_t cols, double eps, bool rms, std::vector<double>& y,
+                        std::vector<double>& mean, std::vector<double>& rstd) {
   y.assign(x.size(), 0);
   mean.assign(static_cast<std::size_t>(rows), 0);
   rstd.assign(static_cast<std::size_t>(rows), 0);
@@ -108,9 +109,9 @@ void reference_row_norm(const std::vector<double>& x, const double* w, const dou
 
 // Group norm of [N, C, HW] with G groups (batch norm is the same with the roles of N and C
 // exchanged; its reference is written separately below).
-void reference_group_norm(const std::vector<double>& x, const double* w, const double* b, index_t N, index_t C,
-                          index_t HW, index_t G, double eps, std::vector<double>& y, std::vector<double>& mean,
-                          std::vector<double>& rstd) {
+void reference_group_norm(const std::vector<double>& x, const double* w, const double* b, index_t N,
+                          index_t C, index_t HW, index_t G, double eps, std::vector<double>& y,
+                          std::vector<double>& mean, std::vector<double>& rstd) {
   y.assign(x.size(), 0);
   mean.assign(static_cast<std::size_t>(N * G), 0);
   rstd.assign(static_cast<std::size_t>(N * G), 0);
@@ -136,8 +137,8 @@ void reference_group_norm(const std::vector<double>& x, const double* w, const d
 }
 
 // Per-channel mean and biased variance of [N, C, HW].
-void reference_channel_stats(const std::vector<double>& x, index_t N, index_t C, index_t HW, std::vector<double>& mean,
-                             std::vector<double>& var) {
+void reference_channel_stats(const std::vector<double>& x, index_t N, index_t C, index_t HW,
+                             std::vector<double>& mean, std::vector<double>& var) {
   mean.assign(static_cast<std::size_t>(C), 0);
   var.assign(static_cast<std::size_t>(C), 0);
   const double M = static_cast<double>(N * HW);
@@ -170,12 +171,13 @@ TEST_CASE_TEMPLATE("layer_norm_forward matches a double reference", T, float, do
       CAPTURE(cols);
       CAPTURE(affine);
       std::vector<double> y_ref, mean_ref, rstd_ref;
-      reference_row_norm(x, use_w ? w.data() : nullptr, use_b ? b.data() : nullptr, rows, cols, 1e-5, false, y_ref,
-                         mean_ref, rstd_ref);
+      reference_row_norm(x, use_w ? w.data() : nullptr, use_b ? b.data() : nullptr, rows, cols,
+                         1e-5, false, y_ref, mean_ref, rstd_ref);
       const auto xt = cast<T>(x), wt = cast<T>(w), bt = cast<T>(b);
-      std::vector<T> y(x.size()), mean(static_cast<std::size_t>(rows)), rstd(static_cast<std::size_t>(rows));
-      cpu::layer_norm_forward(xt.data(), ptr_or_null(wt, use_w), ptr_or_null(bt, use_b), rows, cols, T(1e-5),
-                              y.data(), mean.data(), rstd.data());
+      std::vector<T> y(x.size()), mean(static_cast<std::size_t>(rows)),
+          rstd(static_cast<std::size_t>(rows));
+      cpu::layer_norm_forward(xt.data(), ptr_or_null(wt, use_w), ptr_or_null(bt, use_b), rows, cols,
+                              T(1e-5), y.data(), mean.data(), rstd.data());
       CHECK(max_error(y, y_ref) < tol);
       CHECK(max_error(mean, mean_ref) < tol);
       // rstd is large for constant rows (cols = 1): compare relatively.
@@ -189,7 +191,8 @@ TEST_CASE("layer_norm_backward matches finite differences") {
   Lcg rng(2);
   for (const auto& s : shapes) {
     const index_t rows = s[0], cols = s[1];
-    auto x = random_vector(rows * cols, rng), w = random_vector(cols, rng), b = random_vector(cols, rng);
+    auto x = random_vector(rows * cols, rng), w = random_vector(cols, rng),
+         b = random_vector(cols, rng);
     const auto r = random_vector(rows * cols, rng);  // loss = sum(y * r), so gy = r
     for (const bool affine : {true, false}) {
       CAPTURE(rows);
@@ -197,16 +200,18 @@ TEST_CASE("layer_norm_backward matches finite differences") {
       CAPTURE(affine);
       const auto loss = [&] {
         std::vector<double> y(x.size());
-        cpu::layer_norm_forward(x.data(), affine ? w.data() : nullptr, affine ? b.data() : nullptr, rows, cols, 1e-5,
-                                y.data(), static_cast<double*>(nullptr), static_cast<double*>(nullptr));
+        cpu::layer_norm_forward(x.data(), affine ? w.data() : nullptr, affine ? b.data() : nullptr,
+                                rows, cols, 1e-5, y.data(), static_cast<double*>(nullptr),
+                                static_cast<double*>(nullptr));
         return dot(y, r);
       };
-      std::vector<double> y(x.size()), mean(static_cast<std::size_t>(rows)), rstd(static_cast<std::size_t>(rows));
-      cpu::layer_norm_forward(x.data(), affine ? w.data() : nullptr, affine ? b.data() : nullptr, rows, cols, 1e-5,
-                              y.data(), mean.data(), rstd.data());
+      std::vector<double> y(x.size()), mean(static_cast<std::size_t>(rows)),
+          rstd(static_cast<std::size_t>(rows));
+      cpu::layer_norm_forward(x.data(), affine ? w.data() : nullptr, affine ? b.data() : nullptr,
+                              rows, cols, 1e-5, y.data(), mean.data(), rstd.data());
       std::vector<double> gx(x.size()), gw(w.size()), gb(b.size());
-      cpu::layer_norm_backward(r.data(), x.data(), affine ? w.data() : nullptr, mean.data(), rstd.data(), rows, cols,
-                               gx.data(), gw.data(), gb.data());
+      cpu::layer_norm_backward(r.data(), x.data(), affine ? w.data() : nullptr, mean.data(),
+                               rstd.data(), rows, cols, gx.data(), gw.data(), gb.data());
       CHECK(max_error(gx, numeric_gradient(x, loss)) < fd_tolerance);
       if (affine) {
         CHECK(max_error(gw, numeric_gradient(w, loss)) < fd_tolerance);
@@ -219,25 +224,27 @@ TEST_CASE("layer_norm_backward matches finite differences") {
 TEST_CASE("layer_norm_backward in float agrees with double") {
   const index_t rows = 300, cols = 77;
   Lcg rng(3);
-  const auto x = random_vector(rows * cols, rng), w = random_vector(cols, rng), gy = random_vector(rows * cols, rng);
+  const auto x = random_vector(rows * cols, rng), w = random_vector(cols, rng),
+             gy = random_vector(rows * cols, rng);
   std::vector<double> y(x.size()), mean(rows), rstd(rows), gx(x.size()), gw(cols), gb(cols);
-  cpu::layer_norm_forward(x.data(), w.data(), static_cast<double*>(nullptr), rows, cols, 1e-5, y.data(), mean.data(),
-                          rstd.data());
-  cpu::layer_norm_backward(gy.data(), x.data(), w.data(), mean.data(), rstd.data(), rows, cols, gx.data(), gw.data(),
-                           gb.data());
+  cpu::layer_norm_forward(x.data(), w.data(), static_cast<double*>(nullptr), rows, cols, 1e-5,
+                          y.data(), mean.data(), rstd.data());
+  cpu::layer_norm_backward(gy.data(), x.data(), w.data(), mean.data(), rstd.data(), rows, cols,
+                           gx.data(), gw.data(), gb.data());
   const auto xf = cast<float>(x), wf = cast<float>(w), gyf = cast<float>(gy);
   std::vector<float> yf(x.size()), meanf(rows), rstdf(rows), gxf(x.size()), gwf(cols), gbf(cols);
-  cpu::layer_norm_forward(xf.data(), wf.data(), static_cast<float*>(nullptr), rows, cols, 1e-5f, yf.data(),
-                          meanf.data(), rstdf.data());
-  cpu::layer_norm_backward(gyf.data(), xf.data(), wf.data(), meanf.data(), rstdf.data(), rows, cols, gxf.data(),
-                           gwf.data(), gbf.data());
+  cpu::layer_norm_forward(xf.data(), wf.data(), static_cast<float*>(nullptr), rows, cols, 1e-5f,
+                          yf.data(), meanf.data(), rstdf.data());
+  cpu::layer_norm_backward(gyf.data(), xf.data(), wf.data(), meanf.data(), rstdf.data(), rows, cols,
+                           gxf.data(), gwf.data(), gbf.data());
   CHECK(max_error(gxf, gx) < 1e-5);
   CHECK(max_error(gwf, gw) < 1e-5);
   CHECK(max_error(gbf, gb) < 1e-5);
   // Null outputs are skipped, the rest unchanged.
   std::vector<float> gw_only(cols);
   cpu::layer_norm_backward(gyf.data(), xf.data(), wf.data(), meanf.data(), rstdf.data(), rows, cols,
-                           static_cast<float*>(nullptr), gw_only.data(), static_cast<float*>(nullptr));
+                           static_cast<float*>(nullptr), gw_only.data(),
+                           static_cast<float*>(nullptr));
   CHECK(bit_equal(gw_only, gwf));
 }
 
@@ -252,10 +259,12 @@ TEST_CASE_TEMPLATE("rms_norm_forward matches a double reference", T, float, doub
     const auto x = random_vector(rows * cols, rng), w = random_vector(cols, rng);
     for (const bool use_w : {true, false}) {
       std::vector<double> y_ref, mean_ref, rstd_ref;
-      reference_row_norm(x, use_w ? w.data() : nullptr, nullptr, rows, cols, 1e-6, true, y_ref, mean_ref, rstd_ref);
+      reference_row_norm(x, use_w ? w.data() : nullptr, nullptr, rows, cols, 1e-6, true, y_ref,
+                         mean_ref, rstd_ref);
       const auto xt = cast<T>(x), wt = cast<T>(w);
       std::vector<T> y(x.size()), rstd(static_cast<std::size_t>(rows));
-      cpu::rms_norm_forward(xt.data(), ptr_or_null(wt, use_w), rows, cols, T(1e-6), y.data(), rstd.data());
+      cpu::rms_norm_forward(xt.data(), ptr_or_null(wt, use_w), rows, cols, T(1e-6), y.data(),
+                            rstd.data());
       CHECK(max_error(y, y_ref) < tol);
       for (index_t r = 0; r < rows; ++r) CHECK(std::fabs(rstd[r] / rstd_ref[r] - 1) < tol);
     }
@@ -278,10 +287,12 @@ TEST_CASE("rms_norm_backward matches finite differences") {
                               static_cast<double*>(nullptr));
         return dot(y, r);
       };
-      std::vector<double> y(x.size()), rstd(static_cast<std::size_t>(rows)), gx(x.size()), gw(w.size());
-      cpu::rms_norm_forward(x.data(), affine ? w.data() : nullptr, rows, cols, 1e-6, y.data(), rstd.data());
-      cpu::rms_norm_backward(r.data(), x.data(), affine ? w.data() : nullptr, rstd.data(), rows, cols, gx.data(),
-                             gw.data());
+      std::vector<double> y(x.size()), rstd(static_cast<std::size_t>(rows)), gx(x.size()),
+          gw(w.size());
+      cpu::rms_norm_forward(x.data(), affine ? w.data() : nullptr, rows, cols, 1e-6, y.data(),
+                            rstd.data());
+      cpu::rms_norm_backward(r.data(), x.data(), affine ? w.data() : nullptr, rstd.data(), rows,
+                             cols, gx.data(), gw.data());
       CHECK(max_error(gx, numeric_gradient(x, loss)) < fd_tolerance);
       if (affine) CHECK(max_error(gw, numeric_gradient(w, loss)) < fd_tolerance);
     }
@@ -292,26 +303,30 @@ TEST_CASE("rms_norm_backward matches finite differences") {
 
 TEST_CASE_TEMPLATE("group_norm_forward matches a double reference", T, float, double) {
   const double tol = std::is_same_v<T, float> ? 2e-6 : 1e-13;
-  const index_t shapes[][4] = {{1, 1, 1, 1}, {2, 6, 5, 3}, {3, 4, 7, 1}, {2, 8, 1, 8}, {1, 32, 64, 8}, {2, 4, 4100, 2}};
+  const index_t shapes[][4] = {{1, 1, 1, 1}, {2, 6, 5, 3},   {3, 4, 7, 1},
+                               {2, 8, 1, 8}, {1, 32, 64, 8}, {2, 4, 4100, 2}};
   Lcg rng(6);
   for (const auto& s : shapes) {
     const index_t N = s[0], C = s[1], HW = s[2], G = s[3];
-    const auto x = random_vector(N * C * HW, rng, -1.0, 5.0), w = random_vector(C, rng), b = random_vector(C, rng);
+    const auto x = random_vector(N * C * HW, rng, -1.0, 5.0), w = random_vector(C, rng),
+               b = random_vector(C, rng);
     for (const bool affine : {true, false}) {
       CAPTURE(N);
       CAPTURE(C);
       CAPTURE(HW);
       CAPTURE(G);
       std::vector<double> y_ref, mean_ref, rstd_ref;
-      reference_group_norm(x, affine ? w.data() : nullptr, affine ? b.data() : nullptr, N, C, HW, G, 1e-5, y_ref,
-                           mean_ref, rstd_ref);
+      reference_group_norm(x, affine ? w.data() : nullptr, affine ? b.data() : nullptr, N, C, HW, G,
+                           1e-5, y_ref, mean_ref, rstd_ref);
       const auto xt = cast<T>(x), wt = cast<T>(w), bt = cast<T>(b);
-      std::vector<T> y(x.size()), mean(static_cast<std::size_t>(N * G)), rstd(static_cast<std::size_t>(N * G));
-      cpu::group_norm_forward(xt.data(), ptr_or_null(wt, affine), ptr_or_null(bt, affine), N, C, HW, G, T(1e-5),
-                              y.data(), mean.data(), rstd.data());
+      std::vector<T> y(x.size()), mean(static_cast<std::size_t>(N * G)),
+          rstd(static_cast<std::size_t>(N * G));
+      cpu::group_norm_forward(xt.data(), ptr_or_null(wt, affine), ptr_or_null(bt, affine), N, C, HW,
+                              G, T(1e-5), y.data(), mean.data(), rstd.data());
       CHECK(max_error(y, y_ref) < tol);
       CHECK(max_error(mean, mean_ref) < tol);
-      for (std::size_t i = 0; i < rstd.size(); ++i) CHECK(std::fabs(rstd[i] / rstd_ref[i] - 1) < tol);
+      for (std::size_t i = 0; i < rstd.size(); ++i)
+        CHECK(std::fabs(rstd[i] / rstd_ref[i] - 1) < tol);
     }
   }
 }
@@ -330,16 +345,17 @@ TEST_CASE("group_norm_backward matches finite differences") {
       CAPTURE(G);
       const auto loss = [&] {
         std::vector<double> y(x.size());
-        cpu::group_norm_forward(x.data(), affine ? w.data() : nullptr, affine ? b.data() : nullptr, N, C, HW, G, 1e-5,
-                                y.data(), static_cast<double*>(nullptr), static_cast<double*>(nullptr));
+        cpu::group_norm_forward(x.data(), affine ? w.data() : nullptr, affine ? b.data() : nullptr,
+                                N, C, HW, G, 1e-5, y.data(), static_cast<double*>(nullptr),
+                                static_cast<double*>(nullptr));
         return dot(y, r);
       };
       std::vector<double> y(x.size()), mean(static_cast<std::size_t>(N * G)), rstd(mean.size());
-      cpu::group_norm_forward(x.data(), affine ? w.data() : nullptr, affine ? b.data() : nullptr, N, C, HW, G, 1e-5,
-                              y.data(), mean.data(), rstd.data());
+      cpu::group_norm_forward(x.data(), affine ? w.data() : nullptr, affine ? b.data() : nullptr, N,
+                              C, HW, G, 1e-5, y.data(), mean.data(), rstd.data());
       std::vector<double> gx(x.size()), gw(w.size()), gb(b.size());
-      cpu::group_norm_backward(r.data(), x.data(), affine ? w.data() : nullptr, mean.data(), rstd.data(), N, C, HW, G,
-                               gx.data(), gw.data(), gb.data());
+      cpu::group_norm_backward(r.data(), x.data(), affine ? w.data() : nullptr, mean.data(),
+                               rstd.data(), N, C, HW, G, gx.data(), gw.data(), gb.data());
       CHECK(max_error(gx, numeric_gradient(x, loss)) < fd_tolerance);
       if (affine) {
         CHECK(max_error(gw, numeric_gradient(w, loss)) < fd_tolerance);
@@ -351,7 +367,8 @@ TEST_CASE("group_norm_backward matches finite differences") {
 
 // =================================================================================== batch norm
 
-TEST_CASE_TEMPLATE("batch_norm forward (training and eval) matches a double reference", T, float, double) {
+TEST_CASE_TEMPLATE("batch_norm forward (training and eval) matches a double reference", T, float,
+                   double) {
   const double tol = std::is_same_v<T, float> ? 3e-6 : 1e-13;
   const index_t shapes[][3] = {{4, 3, 5}, {1, 2, 7}, {5, 1, 1}, {2, 17, 33}, {3, 2, 5000}};
   Lcg rng(8);
@@ -360,7 +377,8 @@ TEST_CASE_TEMPLATE("batch_norm forward (training and eval) matches a double refe
     CAPTURE(N);
     CAPTURE(C);
     CAPTURE(HW);
-    const auto x = random_vector(N * C * HW, rng, 1.0, 4.0), w = random_vector(C, rng), b = random_vector(C, rng);
+    const auto x = random_vector(N * C * HW, rng, 1.0, 4.0), w = random_vector(C, rng),
+               b = random_vector(C, rng);
     const auto rm0 = random_vector(C, rng), rv0 = random_vector(C, rng, 0.5, 2.0);
     std::vector<double> mean_ref, var_ref;
     reference_channel_stats(x, N, C, HW, mean_ref, var_ref);
@@ -369,9 +387,11 @@ TEST_CASE_TEMPLATE("batch_norm forward (training and eval) matches a double refe
 
     // Training: batch statistics normalize; the running ones move by momentum (unbiased var).
     auto rm = cast<T>(rm0), rv = cast<T>(rv0);
-    std::vector<T> y(x.size()), save_mean(static_cast<std::size_t>(C)), save_rstd(static_cast<std::size_t>(C));
-    cpu::batch_norm_forward_training(xt.data(), wt.data(), bt.data(), N, C, HW, T(eps), T(momentum), rm.data(),
-                                     rv.data(), y.data(), save_mean.data(), save_rstd.data());
+    std::vector<T> y(x.size()), save_mean(static_cast<std::size_t>(C)),
+        save_rstd(static_cast<std::size_t>(C));
+    cpu::batch_norm_forward_training(xt.data(), wt.data(), bt.data(), N, C, HW, T(eps), T(momentum),
+                                     rm.data(), rv.data(), y.data(), save_mean.data(),
+                                     save_rstd.data());
     std::vector<double> y_ref(x.size()), rm_ref(C), rv_ref(C), rstd_ref(C);
     for (index_t c = 0; c < C; ++c) {
       rstd_ref[c] = 1 / std::sqrt(var_ref[c] + eps);
@@ -391,7 +411,8 @@ TEST_CASE_TEMPLATE("batch_norm forward (training and eval) matches a double refe
 
     // Eval: the running statistics normalize.
     const auto rmt = cast<T>(rm0), rvt = cast<T>(rv0);
-    cpu::batch_norm_forward_eval(xt.data(), wt.data(), bt.data(), rmt.data(), rvt.data(), N, C, HW, T(eps), y.data());
+    cpu::batch_norm_forward_eval(xt.data(), wt.data(), bt.data(), rmt.data(), rvt.data(), N, C, HW,
+                                 T(eps), y.data());
     for (index_t c = 0; c < C; ++c)
       for (index_t n = 0; n < N; ++n)
         for (index_t i = 0; i < HW; ++i) {
@@ -418,23 +439,25 @@ TEST_CASE("batch_norm backward (training and eval) matches finite differences") 
       const auto loss = [&] {
         std::vector<double> y(x.size());
         if (training)
-          cpu::batch_norm_forward_training(x.data(), w.data(), b.data(), N, C, HW, 1e-5, 0.1,
-                                           static_cast<double*>(nullptr), static_cast<double*>(nullptr), y.data(),
-                                           static_cast<double*>(nullptr), static_cast<double*>(nullptr));
+          cpu::batch_norm_forward_training(
+              x.data(), w.data(), b.data(), N, C, HW, 1e-5, 0.1, static_cast<double*>(nullptr),
+              static_cast<double*>(nullptr), y.data(), static_cast<double*>(nullptr),
+              static_cast<double*>(nullptr));
         else
-          cpu::batch_norm_forward_eval(x.data(), w.data(), b.data(), rm.data(), rv.data(), N, C, HW, 1e-5, y.data());
+          cpu::batch_norm_forward_eval(x.data(), w.data(), b.data(), rm.data(), rv.data(), N, C, HW,
+                                       1e-5, y.data());
         return dot(y, r);
       };
       std::vector<double> y(x.size()), mean(C), rstd(C), gx(x.size()), gw(C), gb(C);
       if (training) {
-        cpu::batch_norm_forward_training(x.data(), w.data(), b.data(), N, C, HW, 1e-5, 0.1,
-                                         static_cast<double*>(nullptr), static_cast<double*>(nullptr), y.data(),
-                                         mean.data(), rstd.data());
-        cpu::batch_norm_backward_training(r.data(), x.data(), w.data(), mean.data(), rstd.data(), N, C, HW, gx.data(),
-                                          gw.data(), gb.data());
+        cpu::batch_norm_forward_training(
+            x.data(), w.data(), b.data(), N, C, HW, 1e-5, 0.1, static_cast<double*>(nullptr),
+            static_cast<double*>(nullptr), y.data(), mean.data(), rstd.data());
+        cpu::batch_norm_backward_training(r.data(), x.data(), w.data(), mean.data(), rstd.data(), N,
+                                          C, HW, gx.data(), gw.data(), gb.data());
       } else {
-        cpu::batch_norm_backward_eval(r.data(), x.data(), w.data(), rm.data(), rv.data(), N, C, HW, 1e-5, gx.data(),
-                                      gw.data(), gb.data());
+        cpu::batch_norm_backward_eval(r.data(), x.data(), w.data(), rm.data(), rv.data(), N, C, HW,
+                                      1e-5, gx.data(), gw.data(), gb.data());
       }
       CHECK(max_error(gx, numeric_gradient(x, loss)) < fd_tolerance);
       CHECK(max_error(gw, numeric_gradient(w, loss)) < fd_tolerance);
@@ -448,33 +471,39 @@ TEST_CASE("batch_norm backward (training and eval) matches finite differences") 
 TEST_CASE("normalization results do not depend on the number of threads") {
   Lcg rng(10);
   const index_t rows = 2048, cols = 96;
-  const auto x = cast<float>(random_vector(rows * cols, rng)), w = cast<float>(random_vector(cols, rng));
-  const auto b = cast<float>(random_vector(cols, rng)), gy = cast<float>(random_vector(rows * cols, rng));
+  const auto x = cast<float>(random_vector(rows * cols, rng)),
+             w = cast<float>(random_vector(cols, rng));
+  const auto b = cast<float>(random_vector(cols, rng)),
+             gy = cast<float>(random_vector(rows * cols, rng));
   const index_t N = 16, C = 32, HW = 200, G = 4;
-  const auto xg = cast<float>(random_vector(N * C * HW, rng)), gyg = cast<float>(random_vector(N * C * HW, rng));
+  const auto xg = cast<float>(random_vector(N * C * HW, rng)),
+             gyg = cast<float>(random_vector(N * C * HW, rng));
   const auto wg = cast<float>(random_vector(C, rng)), bg = cast<float>(random_vector(C, rng));
 
   const auto run = [&](int threads) {
     cpu::set_num_threads(threads);
     std::vector<std::vector<float>> out;
     std::vector<float> y(x.size()), mean(rows), rstd(rows), gx(x.size()), gw(cols), gb(cols);
-    cpu::layer_norm_forward(x.data(), w.data(), b.data(), rows, cols, 1e-5f, y.data(), mean.data(), rstd.data());
-    cpu::layer_norm_backward(gy.data(), x.data(), w.data(), mean.data(), rstd.data(), rows, cols, gx.data(), gw.data(),
-                             gb.data());
+    cpu::layer_norm_forward(x.data(), w.data(), b.data(), rows, cols, 1e-5f, y.data(), mean.data(),
+                            rstd.data());
+    cpu::layer_norm_backward(gy.data(), x.data(), w.data(), mean.data(), rstd.data(), rows, cols,
+                             gx.data(), gw.data(), gb.data());
     out.insert(out.end(), {y, mean, rstd, gx, gw, gb});
     cpu::rms_norm_forward(x.data(), w.data(), rows, cols, 1e-5f, y.data(), rstd.data());
-    cpu::rms_norm_backward(gy.data(), x.data(), w.data(), rstd.data(), rows, cols, gx.data(), gw.data());
+    cpu::rms_norm_backward(gy.data(), x.data(), w.data(), rstd.data(), rows, cols, gx.data(),
+                           gw.data());
     out.insert(out.end(), {y, rstd, gx, gw});
     std::vector<float> yg(xg.size()), gmean(N * G), grstd(N * G), gxg(xg.size()), gwg(C), gbg(C);
-    cpu::group_norm_forward(xg.data(), wg.data(), bg.data(), N, C, HW, G, 1e-5f, yg.data(), gmean.data(), grstd.data());
-    cpu::group_norm_backward(gyg.data(), xg.data(), wg.data(), gmean.data(), grstd.data(), N, C, HW, G, gxg.data(),
-                             gwg.data(), gbg.data());
+    cpu::group_norm_forward(xg.data(), wg.data(), bg.data(), N, C, HW, G, 1e-5f, yg.data(),
+                            gmean.data(), grstd.data());
+    cpu::group_norm_backward(gyg.data(), xg.data(), wg.data(), gmean.data(), grstd.data(), N, C, HW,
+                             G, gxg.data(), gwg.data(), gbg.data());
     out.insert(out.end(), {yg, gmean, grstd, gxg, gwg, gbg});
     std::vector<float> bmean(C), brstd(C), rm(C, 0.f), rv(C, 1.f);
-    cpu::batch_norm_forward_training(xg.data(), wg.data(), bg.data(), N, C, HW, 1e-5f, 0.1f, rm.data(), rv.data(),
-                                     yg.data(), bmean.data(), brstd.data());
-    cpu::batch_norm_backward_training(gyg.data(), xg.data(), wg.data(), bmean.data(), brstd.data(), N, C, HW,
-                                      gxg.data(), gwg.data(), gbg.data());
+    cpu::batch_norm_forward_training(xg.data(), wg.data(), bg.data(), N, C, HW, 1e-5f, 0.1f,
+                                     rm.data(), rv.data(), yg.data(), bmean.data(), brstd.data());
+    cpu::batch_norm_backward_training(gyg.data(), xg.data(), wg.data(), bmean.data(), brstd.data(),
+                                      N, C, HW, gxg.data(), gwg.data(), gbg.data());
     out.insert(out.end(), {yg, bmean, brstd, rm, rv, gxg, gwg, gbg});
     return out;
   };
@@ -493,8 +522,10 @@ TEST_CASE("normalization kernels reject bad sizes with a message") {
   float* p = buf.data();
   CHECK_THROWS_AS(cpu::layer_norm_forward(p, p, p, 2, 0, 1e-5f, p, p, p), kiln::ValueError);
   CHECK_THROWS_WITH_AS(cpu::group_norm_forward(p, p, p, 1, 6, 2, 4, 1e-5f, p, p, p),
-                       doctest::Contains("divisible by the number of groups G = 4"), kiln::ValueError);
-  CHECK_THROWS_WITH_AS(cpu::batch_norm_forward_training(p, p, p, 1, 3, 1, 1e-5f, 0.1f, p, p, p, p, p),
-                       doctest::Contains("more than 1 value per channel"), kiln::ValueError);
+                       doctest::Contains("divisible by the number of groups G = 4"),
+                       kiln::ValueError);
+  CHECK_THROWS_WITH_AS(
+      cpu::batch_norm_forward_training(p, p, p, 1, 3, 1, 1e-5f, 0.1f, p, p, p, p, p),
+      doctest::Contains("more than 1 value per channel"), kiln::ValueError);
   CHECK_THROWS_AS(cpu::rms_norm_forward(p, p, -1, 4, 1e-5f, p, p), kiln::ValueError);
 }

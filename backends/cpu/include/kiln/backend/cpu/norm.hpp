@@ -1,5 +1,5 @@
-// kiln/backend/cpu/norm.hpp — fused layer, RMS, group and batch normalization kernels (forward and
-// backward) on contiguous float/double buffers. Builds on simd.hpp, thread_pool.hpp and core/error.hpp.
+// kiln/backend/cpu/norm.hpp — fused layer, RMS, group and batch norm kernels (forward and backward)
+// on contiguous float/double buffers. Builds on simd.hpp, thread_pool.hpp and core/error.hpp.
 #pragma once
 
 #include <kiln/backend/cpu/simd.hpp>
@@ -44,8 +44,10 @@ KILN_FORCEINLINE Vec<T> load(const T* p, int lanes) {
 }
 template <class T>
 KILN_FORCEINLINE void store(T* p, Vec<T> v, int lanes) {
-  if (lanes == Vec<T>::size) v.store(p);
-  else v.store_partial(p, lanes);
+  if (lanes == Vec<T>::size)
+    v.store(p);
+  else
+    v.store_partial(p, lanes);
 }
 // The first `lanes` lanes set.
 template <class T>
@@ -103,13 +105,15 @@ KILN_FORCEINLINE std::array<double, K> sums(index_t n, F&& f) {
 // deviations from the first's mean, so that a large mean costs no precision).
 template <class T>
 KILN_FORCEINLINE std::array<T, 2> moments(const T* x, index_t n, T eps) {
-  const double mean = sums<1, T>(n, [&](index_t i, int lanes) { return std::array{load(x + i, lanes)}; })[0] /
-                      static_cast<double>(n);
+  const double mean =
+      sums<1, T>(n, [&](index_t i, int lanes) { return std::array{load(x + i, lanes)}; })[0] /
+      static_cast<double>(n);
   const T m = static_cast<T>(mean);
-  const double var = sums<1, T>(n, [&](index_t i, int lanes) {
-                       const Vec<T> d = load(x + i, lanes) - Vec<T>(m);
-                       return std::array{d * d};
-                     })[0] /
+  const double var = sums<1, T>(n,
+                                [&](index_t i, int lanes) {
+                                  const Vec<T> d = load(x + i, lanes) - Vec<T>(m);
+                                  return std::array{d * d};
+                                })[0] /
                      static_cast<double>(n);
   return {m, static_cast<T>(1.0 / std::sqrt(var + static_cast<double>(eps)))};
 }
@@ -125,7 +129,8 @@ KILN_FORCEINLINE void center_scale_shift(const T* x, index_t n, T m, T a, T c, T
 // out = u * a + (x - m) * k2 + k1 over n elements (the backward of the per-group and
 // per-channel normalizations).
 template <class T>
-KILN_FORCEINLINE void combine_backward(const T* u, const T* x, index_t n, T a, T m, T k2, T k1, T* out) {
+KILN_FORCEINLINE void combine_backward(const T* u, const T* x, index_t n, T a, T m, T k2, T k1,
+                                       T* out) {
   for_each_packet<T>(n, [&](index_t i, int lanes) {
     const Vec<T> d = load(x + i, lanes) - Vec<T>(m);
     store(out + i, fma(load(u + i, lanes), Vec<T>(a), fma(d, Vec<T>(k2), Vec<T>(k1))), lanes);
@@ -133,7 +138,9 @@ KILN_FORCEINLINE void combine_backward(const T* u, const T* x, index_t n, T a, T
 }
 
 // Rows per thread-pool piece for rows of `cols` elements: about 32K elements of work.
-inline index_t rows_per_task(index_t cols) { return std::max<index_t>(1, 32768 / std::max<index_t>(cols, 1)); }
+inline index_t rows_per_task(index_t cols) {
+  return std::max<index_t>(1, 32768 / std::max<index_t>(cols, 1));
+}
 
 template <class T>
 constexpr void check_type() {
@@ -150,23 +157,25 @@ inline void check_rows_cols(const char* op, index_t rows, index_t cols) {
 // [N, C, HW]: sizes non-negative.
 inline void check_nchw(const char* op, index_t N, index_t C, index_t HW) {
   if (N < 0 || C < 0 || HW < 0)
-    throw_value_error(op, "expected non-negative sizes, got input [N, C, HW] = [" + std::to_string(N) + ", " +
-                              std::to_string(C) + ", " + std::to_string(HW) + "]");
+    throw_value_error(op, "expected non-negative sizes, got input [N, C, HW] = [" +
+                              std::to_string(N) + ", " + std::to_string(C) + ", " +
+                              std::to_string(HW) + "]");
 }
 
 // G >= 1 groups dividing C channels.
 inline void check_groups(const char* op, index_t C, index_t G) {
   if (G < 1 || C % G != 0)
     throw_value_error(op, "the number of channels C = " + std::to_string(C) +
-                              " must be divisible by the number of groups G = " + std::to_string(G) +
-                              " (G >= 1)");
+                              " must be divisible by the number of groups G = " +
+                              std::to_string(G) + " (G >= 1)");
 }
 
 // Sums of the per-block partial rows part[b * cols + c] over b, in block order: out[c].
 template <class T>
 void join_partials(const std::vector<T>& part, index_t blocks, index_t cols, T* out) {
   constexpr index_t chunk = 256;
-  parallel_for(0, (cols + chunk - 1) / chunk, std::max<index_t>(1, 32768 / std::max<index_t>(blocks * chunk, 1)),
+  parallel_for(0, (cols + chunk - 1) / chunk,
+               std::max<index_t>(1, 32768 / std::max<index_t>(blocks * chunk, 1)),
                [&](index_t c0, index_t c1) {
                  const index_t end = std::min(cols, c1 * chunk);
                  for (index_t c = c0 * chunk; c < end; ++c) out[c] = T(0);
@@ -174,7 +183,8 @@ void join_partials(const std::vector<T>& part, index_t blocks, index_t cols, T* 
                    const T* p = part.data() + b * cols;
                    const index_t begin = c0 * chunk;
                    for_each_packet<T>(end - begin, [&](index_t i, int lanes) {
-                     store(out + begin + i, load(out + begin + i, lanes) + load(p + begin + i, lanes), lanes);
+                     store(out + begin + i,
+                           load(out + begin + i, lanes) + load(p + begin + i, lanes), lanes);
                    });
                  }
                });
@@ -189,8 +199,10 @@ void join_partials(const std::vector<T>& part, index_t blocks, index_t cols, T* 
 // with the biased variance, as torch.nn.functional.layer_norm. weight and bias [cols] may be
 // null; mean_out and rstd_out [rows] (may be null) keep the statistics for the backward.
 template <class T>
-void layer_norm_forward(const T* x, const T* weight, const T* bias, index_t rows, index_t cols, T eps, T* y,
-                        T* mean_out, T* rstd_out) {
+void layer_norm_forward(const T* x, const std::type_identity_t<T>* weight,
+                        const std::type_identity_t<T>* bias, index_t rows, index_t cols,
+                        std::type_identity_t<T> eps, T* y, std::type_identity_t<T>* mean_out,
+                        std::type_identity_t<T>* rstd_out) {
   using V = simd::Vec<T>;
   norm_detail::check_type<T>();
   norm_detail::check_rows_cols("layer_norm_forward", rows, cols);
@@ -204,9 +216,12 @@ void layer_norm_forward(const T* x, const T* weight, const T* bias, index_t rows
       const V m(mean), s(rstd);
       norm_detail::for_each_packet<T>(cols, [&](index_t i, int lanes) {
         V v = (norm_detail::load(xr + i, lanes) - m) * s;
-        if (weight && bias) v = fma(v, norm_detail::load(weight + i, lanes), norm_detail::load(bias + i, lanes));
-        else if (weight) v = v * norm_detail::load(weight + i, lanes);
-        else if (bias) v = v + norm_detail::load(bias + i, lanes);
+        if (weight && bias)
+          v = fma(v, norm_detail::load(weight + i, lanes), norm_detail::load(bias + i, lanes));
+        else if (weight)
+          v = v * norm_detail::load(weight + i, lanes);
+        else if (bias)
+          v = v + norm_detail::load(bias + i, lanes);
         norm_detail::store(yr + i, v, lanes);
       });
     }
@@ -222,8 +237,10 @@ void layer_norm_forward(const T* x, const T* weight, const T* bias, index_t rows
 // (the same as PyTorch's layer_norm_backward and llm.c's layernorm_backward). Any of gx, gw,
 // gb may be null. gw/gb are summed per block of 64 rows, the blocks then joined in order.
 template <class T>
-void layer_norm_backward(const T* gy, const T* x, const T* weight, const T* mean, const T* rstd, index_t rows,
-                         index_t cols, T* gx, T* gw, T* gb) {
+void layer_norm_backward(const T* gy, const T* x, const std::type_identity_t<T>* weight,
+                         const T* mean, const T* rstd, index_t rows, index_t cols,
+                         std::type_identity_t<T>* gx, std::type_identity_t<T>* gw,
+                         std::type_identity_t<T>* gb) {
   using V = simd::Vec<T>;
   norm_detail::check_type<T>();
   norm_detail::check_rows_cols("layer_norm_backward", rows, cols);
@@ -233,44 +250,48 @@ void layer_norm_backward(const T* gy, const T* x, const T* weight, const T* mean
   std::vector<T> part_w(gw ? static_cast<std::size_t>(blocks * cols) : 0);
   std::vector<T> part_b(gb ? static_cast<std::size_t>(blocks * cols) : 0);
   const double inv_n = 1.0 / static_cast<double>(cols);
-  parallel_for(0, blocks, std::max<index_t>(1, norm_detail::rows_per_task(cols) / block_rows), [&](index_t b0,
-                                                                                                   index_t b1) {
-    for (index_t b = b0; b < b1; ++b) {
-      T* pw = gw ? part_w.data() + b * cols : nullptr;
-      T* pb = gb ? part_b.data() + b * cols : nullptr;
-      if (pw) std::fill(pw, pw + cols, T(0));
-      if (pb) std::fill(pb, pb + cols, T(0));
-      const index_t r_end = std::min(rows, (b + 1) * block_rows);
-      for (index_t r = b * block_rows; r < r_end; ++r) {
-        const T* gyr = gy + r * cols;
-        const T* xr = x + r * cols;
-        const V m(mean[r]), s(rstd[r]);
-        V c1(T(0)), c2(T(0));
-        if (gx) {
-          // sum g and sum g * (x - mean), then c1 = rstd * mean(g), c2 = rstd * mean(g * xhat).
-          const auto t = norm_detail::sums<2, T>(cols, [&](index_t i, int lanes) {
-            V g = norm_detail::load(gyr + i, lanes);
-            if (weight) g = g * norm_detail::load(weight + i, lanes);
-            return std::array{g, g * (norm_detail::load(xr + i, lanes) - m)};
-          });
-          const double rs = static_cast<double>(rstd[r]);
-          c1 = V(static_cast<T>(rs * t[0] * inv_n));
-          c2 = V(static_cast<T>(rs * rs * t[1] * inv_n));
-        }
-        T* gxr = gx ? gx + r * cols : nullptr;
-        norm_detail::for_each_packet<T>(cols, [&](index_t i, int lanes) {
-          const V dy = norm_detail::load(gyr + i, lanes);
-          const V xhat = (norm_detail::load(xr + i, lanes) - m) * s;
-          if (gxr) {
-            const V g = weight ? dy * norm_detail::load(weight + i, lanes) : dy;
-            norm_detail::store(gxr + i, fma(g, s, -fma(xhat, c2, c1)), lanes);
-          }
-          if (pw) norm_detail::store(pw + i, fma(dy, xhat, norm_detail::load(pw + i, lanes)), lanes);
-          if (pb) norm_detail::store(pb + i, dy + norm_detail::load(pb + i, lanes), lanes);
-        });
-      }
-    }
-  });
+  parallel_for(0, blocks, std::max<index_t>(1, norm_detail::rows_per_task(cols) / block_rows),
+               [&](index_t b0, index_t b1) {
+                 for (index_t b = b0; b < b1; ++b) {
+                   T* pw = gw ? part_w.data() + b * cols : nullptr;
+                   T* pb = gb ? part_b.data() + b * cols : nullptr;
+                   if (pw) std::fill(pw, pw + cols, T(0));
+                   if (pb) std::fill(pb, pb + cols, T(0));
+                   const index_t r_end = std::min(rows, (b + 1) * block_rows);
+                   for (index_t r = b * block_rows; r < r_end; ++r) {
+                     const T* gyr = gy + r * cols;
+                     const T* xr = x + r * cols;
+                     const V m(mean[r]), s(rstd[r]);
+                     V c1(T(0)), c2(T(0));
+                     if (gx) {
+                       // sum g and sum g * (x - mean), then c1 = rstd * mean(g), c2 = rstd * mean(g
+                       // * xhat).
+                       const auto t = norm_detail::sums<2, T>(cols, [&](index_t i, int lanes) {
+                         V g = norm_detail::load(gyr + i, lanes);
+                         if (weight) g = g * norm_detail::load(weight + i, lanes);
+                         return std::array{g, g * (norm_detail::load(xr + i, lanes) - m)};
+                       });
+                       const double rs = static_cast<double>(rstd[r]);
+                       c1 = V(static_cast<T>(rs * t[0] * inv_n));
+                       c2 = V(static_cast<T>(rs * rs * t[1] * inv_n));
+                     }
+                     T* gxr = gx ? gx + r * cols : nullptr;
+                     norm_detail::for_each_packet<T>(cols, [&](index_t i, int lanes) {
+                       const V dy = norm_detail::load(gyr + i, lanes);
+                       const V xhat = (norm_detail::load(xr + i, lanes) - m) * s;
+                       if (gxr) {
+                         const V g = weight ? dy * norm_detail::load(weight + i, lanes) : dy;
+                         norm_detail::store(gxr + i, fma(g, s, -fma(xhat, c2, c1)), lanes);
+                       }
+                       if (pw)
+                         norm_detail::store(pw + i, fma(dy, xhat, norm_detail::load(pw + i, lanes)),
+                                            lanes);
+                       if (pb)
+                         norm_detail::store(pb + i, dy + norm_detail::load(pb + i, lanes), lanes);
+                     });
+                   }
+                 }
+               });
   if (gw) norm_detail::join_partials(part_w, blocks, cols, gw);
   if (gb) norm_detail::join_partials(part_b, blocks, cols, gb);
 }
@@ -281,7 +302,8 @@ void layer_norm_backward(const T* gy, const T* x, const T* weight, const T* mean
 //   y = x * rstd * weight,  rstd = 1 / sqrt(mean(x^2) + eps).
 // weight [cols] may be null; rstd_out [rows] (may be null) keeps the statistic for the backward.
 template <class T>
-void rms_norm_forward(const T* x, const T* weight, index_t rows, index_t cols, T eps, T* y, T* rstd_out) {
+void rms_norm_forward(const T* x, const std::type_identity_t<T>* weight, index_t rows, index_t cols,
+                      std::type_identity_t<T> eps, T* y, std::type_identity_t<T>* rstd_out) {
   using V = simd::Vec<T>;
   norm_detail::check_type<T>();
   norm_detail::check_rows_cols("rms_norm_forward", rows, cols);
@@ -289,10 +311,11 @@ void rms_norm_forward(const T* x, const T* weight, index_t rows, index_t cols, T
     for (index_t r = r0; r < r1; ++r) {
       const T* xr = x + r * cols;
       T* yr = y + r * cols;
-      const double ms = norm_detail::sums<1, T>(cols, [&](index_t i, int lanes) {
-                          const V v = norm_detail::load(xr + i, lanes);
-                          return std::array{v * v};
-                        })[0] /
+      const double ms = norm_detail::sums<1, T>(cols,
+                                                [&](index_t i, int lanes) {
+                                                  const V v = norm_detail::load(xr + i, lanes);
+                                                  return std::array{v * v};
+                                                })[0] /
                         static_cast<double>(cols);
       const T rstd = static_cast<T>(1.0 / std::sqrt(ms + static_cast<double>(eps)));
       if (rstd_out) rstd_out[r] = rstd;
@@ -312,8 +335,9 @@ void rms_norm_forward(const T* x, const T* weight, index_t rows, index_t cols, T
 //   gw_j = sum over rows of gy_j * x_j * rstd.
 // Any of gx, gw may be null; gw is summed per block of 64 rows, the blocks joined in order.
 template <class T>
-void rms_norm_backward(const T* gy, const T* x, const T* weight, const T* rstd, index_t rows, index_t cols, T* gx,
-                       T* gw) {
+void rms_norm_backward(const T* gy, const T* x, const std::type_identity_t<T>* weight,
+                       const T* rstd, index_t rows, index_t cols, std::type_identity_t<T>* gx,
+                       std::type_identity_t<T>* gw) {
   using V = simd::Vec<T>;
   norm_detail::check_type<T>();
   norm_detail::check_rows_cols("rms_norm_backward", rows, cols);
@@ -322,39 +346,41 @@ void rms_norm_backward(const T* gy, const T* x, const T* weight, const T* rstd, 
   const index_t blocks = (rows + block_rows - 1) / block_rows;
   std::vector<T> part_w(gw ? static_cast<std::size_t>(blocks * cols) : 0);
   const double inv_n = 1.0 / static_cast<double>(cols);
-  parallel_for(0, blocks, std::max<index_t>(1, norm_detail::rows_per_task(cols) / block_rows), [&](index_t b0,
-                                                                                                   index_t b1) {
-    for (index_t b = b0; b < b1; ++b) {
-      T* pw = gw ? part_w.data() + b * cols : nullptr;
-      if (pw) std::fill(pw, pw + cols, T(0));
-      const index_t r_end = std::min(rows, (b + 1) * block_rows);
-      for (index_t r = b * block_rows; r < r_end; ++r) {
-        const T* gyr = gy + r * cols;
-        const T* xr = x + r * cols;
-        const V s(rstd[r]);
-        V c(T(0));
-        if (gx) {
-          const double dot = norm_detail::sums<1, T>(cols, [&](index_t i, int lanes) {
-            V g = norm_detail::load(gyr + i, lanes);
-            if (weight) g = g * norm_detail::load(weight + i, lanes);
-            return std::array{g * norm_detail::load(xr + i, lanes)};
-          })[0];
-          const double rs = static_cast<double>(rstd[r]);
-          c = V(static_cast<T>(rs * rs * rs * dot * inv_n));
-        }
-        T* gxr = gx ? gx + r * cols : nullptr;
-        norm_detail::for_each_packet<T>(cols, [&](index_t i, int lanes) {
-          const V dy = norm_detail::load(gyr + i, lanes);
-          const V xv = norm_detail::load(xr + i, lanes);
-          if (gxr) {
-            const V g = weight ? dy * norm_detail::load(weight + i, lanes) : dy;
-            norm_detail::store(gxr + i, fma(g, s, -(xv * c)), lanes);
-          }
-          if (pw) norm_detail::store(pw + i, fma(dy, xv * s, norm_detail::load(pw + i, lanes)), lanes);
-        });
-      }
-    }
-  });
+  parallel_for(0, blocks, std::max<index_t>(1, norm_detail::rows_per_task(cols) / block_rows),
+               [&](index_t b0, index_t b1) {
+                 for (index_t b = b0; b < b1; ++b) {
+                   T* pw = gw ? part_w.data() + b * cols : nullptr;
+                   if (pw) std::fill(pw, pw + cols, T(0));
+                   const index_t r_end = std::min(rows, (b + 1) * block_rows);
+                   for (index_t r = b * block_rows; r < r_end; ++r) {
+                     const T* gyr = gy + r * cols;
+                     const T* xr = x + r * cols;
+                     const V s(rstd[r]);
+                     V c(T(0));
+                     if (gx) {
+                       const double dot = norm_detail::sums<1, T>(cols, [&](index_t i, int lanes) {
+                         V g = norm_detail::load(gyr + i, lanes);
+                         if (weight) g = g * norm_detail::load(weight + i, lanes);
+                         return std::array{g * norm_detail::load(xr + i, lanes)};
+                       })[0];
+                       const double rs = static_cast<double>(rstd[r]);
+                       c = V(static_cast<T>(rs * rs * rs * dot * inv_n));
+                     }
+                     T* gxr = gx ? gx + r * cols : nullptr;
+                     norm_detail::for_each_packet<T>(cols, [&](index_t i, int lanes) {
+                       const V dy = norm_detail::load(gyr + i, lanes);
+                       const V xv = norm_detail::load(xr + i, lanes);
+                       if (gxr) {
+                         const V g = weight ? dy * norm_detail::load(weight + i, lanes) : dy;
+                         norm_detail::store(gxr + i, fma(g, s, -(xv * c)), lanes);
+                       }
+                       if (pw)
+                         norm_detail::store(
+                             pw + i, fma(dy, xv * s, norm_detail::load(pw + i, lanes)), lanes);
+                     });
+                   }
+                 }
+               });
   if (gw) norm_detail::join_partials(part_w, blocks, cols, gw);
 }
 
@@ -365,8 +391,10 @@ void rms_norm_backward(const T* gy, const T* x, const T* weight, const T* rstd, 
 // with its mean and biased variance, then y = xhat * weight[c] + bias[c]. weight and bias [C]
 // may be null; mean_out and rstd_out [N, G] (may be null) keep the statistics.
 template <class T>
-void group_norm_forward(const T* x, const T* weight, const T* bias, index_t N, index_t C, index_t HW, index_t G, T eps,
-                        T* y, T* mean_out, T* rstd_out) {
+void group_norm_forward(const T* x, const std::type_identity_t<T>* weight,
+                        const std::type_identity_t<T>* bias, index_t N, index_t C, index_t HW,
+                        index_t G, std::type_identity_t<T> eps, T* y,
+                        std::type_identity_t<T>* mean_out, std::type_identity_t<T>* rstd_out) {
   norm_detail::check_type<T>();
   norm_detail::check_nchw("group_norm_forward", N, C, HW);
   norm_detail::check_groups("group_norm_forward", C, G);
@@ -382,7 +410,8 @@ void group_norm_forward(const T* x, const T* weight, const T* bias, index_t N, i
       for (index_t j = 0; j < Cg; ++j) {
         const index_t c = g * Cg + j;
         const T a = weight ? rstd * weight[c] : rstd;
-        norm_detail::center_scale_shift(x + offset + j * HW, HW, mean, a, bias ? bias[c] : T(0), y + offset + j * HW);
+        norm_detail::center_scale_shift(x + offset + j * HW, HW, mean, a, bias ? bias[c] : T(0),
+                                        y + offset + j * HW);
       }
     }
   });
@@ -391,20 +420,25 @@ void group_norm_forward(const T* x, const T* weight, const T* bias, index_t N, i
 // Backward of group_norm_forward from the saved mean and rstd [N, G]. The group is a layer
 // norm over its M = C/G * HW elements with g = gy * weight[c], so (see layer_norm_backward)
 //   gx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-//      = rstd * weight[c] * gy + (x - mean) * (-rstd^3 * sum(g * (x - mean)) / M) - rstd * sum(g) / M,
-// where sum(g) = sum_c weight[c] * sum_hw(gy) and sum(g (x - mean)) = sum_c weight[c] * sum_hw(gy (x - mean));
+//      = rstd * weight[c] * gy + (x - mean) * (-rstd^3 * sum(g * (x - mean)) / M) - rstd * sum(g) /
+//      M,
+// where sum(g) = sum_c weight[c] * sum_hw(gy) and sum(g (x - mean)) = sum_c weight[c] * sum_hw(gy
+// (x - mean));
 //   gw[c] = sum_n rstd * sum_hw(gy * (x - mean)),   gb[c] = sum_n sum_hw(gy),
 // the per-sample terms joined in sample order. Any of gx, gw, gb may be null.
 template <class T>
-void group_norm_backward(const T* gy, const T* x, const T* weight, const T* mean, const T* rstd, index_t N, index_t C,
-                         index_t HW, index_t G, T* gx, T* gw, T* gb) {
+void group_norm_backward(const T* gy, const T* x, const std::type_identity_t<T>* weight,
+                         const T* mean, const T* rstd, index_t N, index_t C, index_t HW, index_t G,
+                         std::type_identity_t<T>* gx, std::type_identity_t<T>* gw,
+                         std::type_identity_t<T>* gb) {
   using V = simd::Vec<T>;
   norm_detail::check_type<T>();
   norm_detail::check_nchw("group_norm_backward", N, C, HW);
   norm_detail::check_groups("group_norm_backward", C, G);
   if (N * C == 0) return;
   const index_t Cg = C / G, group_size = Cg * HW;
-  std::vector<double> part_w(static_cast<std::size_t>(N * C)), part_b(static_cast<std::size_t>(N * C));
+  std::vector<double> part_w(static_cast<std::size_t>(N * C)),
+      part_b(static_cast<std::size_t>(N * C));
   if (HW > 0) {
     parallel_for(0, N * G, norm_detail::rows_per_task(group_size), [&](index_t t0, index_t t1) {
       for (index_t t = t0; t < t1; ++t) {
@@ -471,8 +505,9 @@ std::array<double, K> channel_sums(index_t N, index_t C, index_t HW, index_t c, 
 inline void check_batch_norm_training(const char* op, index_t N, index_t C, index_t HW) {
   check_nchw(op, N, C, HW);
   if (C > 0 && N * HW <= 1)
-    throw_value_error(op, "expected more than 1 value per channel when training, got input [N, C, HW] = [" +
-                              std::to_string(N) + ", " + std::to_string(C) + ", " + std::to_string(HW) + "]");
+    throw_value_error(
+        op, "expected more than 1 value per channel when training, got input [N, C, HW] = [" +
+                std::to_string(N) + ", " + std::to_string(C) + ", " + std::to_string(HW) + "]");
 }
 
 }  // namespace norm_detail
@@ -486,8 +521,11 @@ inline void check_batch_norm_training(const char* op, index_t N, index_t C, inde
 //   running_var  = (1 - momentum) * running_var  + momentum * var * M / (M - 1).
 // M must be at least 2 (ValueError otherwise, like PyTorch).
 template <class T>
-void batch_norm_forward_training(const T* x, const T* weight, const T* bias, index_t N, index_t C, index_t HW, T eps,
-                                 T momentum, T* running_mean, T* running_var, T* y, T* save_mean, T* save_rstd) {
+void batch_norm_forward_training(
+    const T* x, const std::type_identity_t<T>* weight, const std::type_identity_t<T>* bias,
+    index_t N, index_t C, index_t HW, std::type_identity_t<T> eps, std::type_identity_t<T> momentum,
+    std::type_identity_t<T>* running_mean, std::type_identity_t<T>* running_var, T* y,
+    std::type_identity_t<T>* save_mean, std::type_identity_t<T>* save_rstd) {
   using V = simd::Vec<T>;
   norm_detail::check_type<T>();
   norm_detail::check_batch_norm_training("batch_norm_forward_training", N, C, HW);
@@ -495,22 +533,26 @@ void batch_norm_forward_training(const T* x, const T* weight, const T* bias, ind
   const index_t M = N * HW;
   parallel_for(0, C, norm_detail::rows_per_task(M), [&](index_t c0, index_t c1) {
     for (index_t c = c0; c < c1; ++c) {
-      const double mean_d = norm_detail::channel_sums<1, T>(N, C, HW, c, [&](index_t off, index_t i, int lanes) {
-                              return std::array{norm_detail::load(x + off + i, lanes)};
-                            })[0] /
+      const double mean_d = norm_detail::channel_sums<1, T>(
+                                N, C, HW, c,
+                                [&](index_t off, index_t i, int lanes) {
+                                  return std::array{norm_detail::load(x + off + i, lanes)};
+                                })[0] /
                             static_cast<double>(M);
       const T mean = static_cast<T>(mean_d);
-      const double sq = norm_detail::channel_sums<1, T>(N, C, HW, c, [&](index_t off, index_t i, int lanes) {
-        const V d = norm_detail::load(x + off + i, lanes) - V(mean);
-        return std::array{d * d};
-      })[0];
+      const double sq =
+          norm_detail::channel_sums<1, T>(N, C, HW, c, [&](index_t off, index_t i, int lanes) {
+            const V d = norm_detail::load(x + off + i, lanes) - V(mean);
+            return std::array{d * d};
+          })[0];
       const double var = sq / static_cast<double>(M);
       const T rstd = static_cast<T>(1.0 / std::sqrt(var + static_cast<double>(eps)));
       if (save_mean) save_mean[c] = mean;
       if (save_rstd) save_rstd[c] = rstd;
       const double mom = static_cast<double>(momentum);
       if (running_mean)
-        running_mean[c] = static_cast<T>((1.0 - mom) * static_cast<double>(running_mean[c]) + mom * mean_d);
+        running_mean[c] =
+            static_cast<T>((1.0 - mom) * static_cast<double>(running_mean[c]) + mom * mean_d);
       if (running_var)
         running_var[c] = static_cast<T>((1.0 - mom) * static_cast<double>(running_var[c]) +
                                         mom * sq / static_cast<double>(M - 1));
@@ -526,16 +568,21 @@ void batch_norm_forward_training(const T* x, const T* weight, const T* bias, ind
 // Batch normalization in evaluation mode: y = (x - running_mean[c]) / sqrt(running_var[c] + eps)
 // * weight[c] + bias[c] over x [N, C, HW]; weight and bias may be null.
 template <class T>
-void batch_norm_forward_eval(const T* x, const T* weight, const T* bias, const T* running_mean, const T* running_var,
-                             index_t N, index_t C, index_t HW, T eps, T* y) {
+void batch_norm_forward_eval(const T* x, const std::type_identity_t<T>* weight,
+                             const std::type_identity_t<T>* bias,
+                             const std::type_identity_t<T>* running_mean,
+                             const std::type_identity_t<T>* running_var, index_t N, index_t C,
+                             index_t HW, std::type_identity_t<T> eps, T* y) {
   norm_detail::check_type<T>();
   norm_detail::check_nchw("batch_norm_forward_eval", N, C, HW);
   parallel_for(0, N * C, norm_detail::rows_per_task(HW), [&](index_t t0, index_t t1) {
     for (index_t t = t0; t < t1; ++t) {
       const index_t c = t % C;
-      const T rstd = static_cast<T>(1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps)));
+      const T rstd = static_cast<T>(
+          1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps)));
       const T a = weight ? rstd * weight[c] : rstd;
-      norm_detail::center_scale_shift(x + t * HW, HW, running_mean[c], a, bias ? bias[c] : T(0), y + t * HW);
+      norm_detail::center_scale_shift(x + t * HW, HW, running_mean[c], a, bias ? bias[c] : T(0),
+                                      y + t * HW);
     }
   });
 }
@@ -543,12 +590,16 @@ void batch_norm_forward_eval(const T* x, const T* weight, const T* bias, const T
 // Backward of batch_norm_forward_training from save_mean and save_rstd [C]. Per channel this is
 // a layer norm over its M = N * HW values with g = gy * weight[c] (see layer_norm_backward):
 //   gx = weight[c] * rstd * (gy - sum(gy) / M - xhat * sum(gy * xhat) / M)
-//      = weight[c] * rstd * gy + (x - mean) * (-weight[c] * rstd^3 * S / M) - weight[c] * rstd * sum(gy) / M,
+//      = weight[c] * rstd * gy + (x - mean) * (-weight[c] * rstd^3 * S / M) - weight[c] * rstd *
+//      sum(gy) / M,
 //   gw[c] = rstd * S,  gb[c] = sum(gy),  with S = sum(gy * (x - mean)) over the channel.
 // The running statistics do not enter (they receive no gradient). Any of gx, gw, gb may be null.
 template <class T>
-void batch_norm_backward_training(const T* gy, const T* x, const T* weight, const T* save_mean, const T* save_rstd,
-                                  index_t N, index_t C, index_t HW, T* gx, T* gw, T* gb) {
+void batch_norm_backward_training(const T* gy, const T* x, const std::type_identity_t<T>* weight,
+                                  const std::type_identity_t<T>* save_mean,
+                                  const std::type_identity_t<T>* save_rstd, index_t N, index_t C,
+                                  index_t HW, std::type_identity_t<T>* gx,
+                                  std::type_identity_t<T>* gw, std::type_identity_t<T>* gb) {
   using V = simd::Vec<T>;
   norm_detail::check_type<T>();
   norm_detail::check_batch_norm_training("batch_norm_backward_training", N, C, HW);
@@ -558,10 +609,11 @@ void batch_norm_backward_training(const T* gy, const T* x, const T* weight, cons
     for (index_t c = c0; c < c1; ++c) {
       const T mean = save_mean[c];
       const double r = static_cast<double>(save_rstd[c]);
-      const auto s = norm_detail::channel_sums<2, T>(N, C, HW, c, [&](index_t off, index_t i, int lanes) {
-        const V dy = norm_detail::load(gy + off + i, lanes);
-        return std::array{dy, dy * (norm_detail::load(x + off + i, lanes) - V(mean))};
-      });
+      const auto s =
+          norm_detail::channel_sums<2, T>(N, C, HW, c, [&](index_t off, index_t i, int lanes) {
+            const V dy = norm_detail::load(gy + off + i, lanes);
+            return std::array{dy, dy * (norm_detail::load(x + off + i, lanes) - V(mean))};
+          });
       if (gw) gw[c] = static_cast<T>(r * s[1]);
       if (gb) gb[c] = static_cast<T>(s[0]);
       if (!gx) continue;
@@ -582,21 +634,26 @@ void batch_norm_backward_training(const T* gy, const T* x, const T* weight, cons
 // rstd = 1/sqrt(running_var[c] + eps): gx = gy * weight[c] * rstd,
 // gw[c] = rstd * sum(gy * (x - running_mean[c])), gb[c] = sum(gy). Any output may be null.
 template <class T>
-void batch_norm_backward_eval(const T* gy, const T* x, const T* weight, const T* running_mean, const T* running_var,
-                              index_t N, index_t C, index_t HW, T eps, T* gx, T* gw, T* gb) {
+void batch_norm_backward_eval(const T* gy, const T* x, const std::type_identity_t<T>* weight,
+                              const std::type_identity_t<T>* running_mean,
+                              const std::type_identity_t<T>* running_var, index_t N, index_t C,
+                              index_t HW, std::type_identity_t<T> eps, std::type_identity_t<T>* gx,
+                              std::type_identity_t<T>* gw, std::type_identity_t<T>* gb) {
   using V = simd::Vec<T>;
   norm_detail::check_type<T>();
   norm_detail::check_nchw("batch_norm_backward_eval", N, C, HW);
   if (C == 0) return;
   parallel_for(0, C, norm_detail::rows_per_task(N * HW), [&](index_t c0, index_t c1) {
     for (index_t c = c0; c < c1; ++c) {
-      const double r = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
+      const double r =
+          1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
       const T mean = running_mean[c];
       if (gw || gb) {
-        const auto s = norm_detail::channel_sums<2, T>(N, C, HW, c, [&](index_t off, index_t i, int lanes) {
-          const V dy = norm_detail::load(gy + off + i, lanes);
-          return std::array{dy, dy * (norm_detail::load(x + off + i, lanes) - V(mean))};
-        });
+        const auto s =
+            norm_detail::channel_sums<2, T>(N, C, HW, c, [&](index_t off, index_t i, int lanes) {
+              const V dy = norm_detail::load(gy + off + i, lanes);
+              return std::array{dy, dy * (norm_detail::load(x + off + i, lanes) - V(mean))};
+            });
         if (gw) gw[c] = static_cast<T>(r * s[1]);
         if (gb) gb[c] = static_cast<T>(s[0]);
       }
