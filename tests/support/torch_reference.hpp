@@ -1,0 +1,100 @@
+// tests/support/torch_reference.hpp — for tests that compare kiln with PyTorch: finds a Python
+// interpreter that can `import torch` and runs the reference scripts in tests/torch/.
+// Builds on doctest, std::system and POSIX (access, WEXITSTATUS). Test-only, not installed.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef KILN_SOURCE_DIR
+#error "tests/support/torch_reference.hpp needs KILN_SOURCE_DIR (set by tests/CMakeLists.txt)"
+#endif
+
+namespace kiln::test {
+
+// `text` quoted for /bin/sh: inside single quotes, with each ' written as '\''.
+inline std::string shell_quote(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) {
+    if (c == '\'') out += "'\\''";
+    else out += c;
+  }
+  return out + "'";
+}
+
+namespace detail {
+
+// True when `python -c "import torch"` exits with status 0.
+inline bool imports_torch(const std::string& python) {
+  const std::string command = shell_quote(python) + " -c \"import torch\" >/dev/null 2>&1";
+  const int status = std::system(command.c_str());
+  return status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+// The full path of the first executable called `name` in $PATH, or "" when there is none.
+inline std::string find_in_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  if (!path) return "";
+  std::string list = path;
+  std::size_t start = 0;
+  while (start <= list.size()) {
+    const std::size_t colon = list.find(':', start);
+    const std::string directory = list.substr(start, colon == std::string::npos ? std::string::npos : colon - start);
+    const std::string candidate = (directory.empty() ? std::string(".") : directory) + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    if (colon == std::string::npos) break;
+    start = colon + 1;
+  }
+  return "";
+}
+
+inline std::string find_torch_python() {
+  std::vector<std::string> candidates;
+  if (const char* env = std::getenv("KILN_PYTHON"); env && *env) candidates.emplace_back(env);
+  candidates.emplace_back("/usr/bin/python3");
+  if (std::string on_path = find_in_path("python3"); !on_path.empty()) candidates.push_back(on_path);
+  for (const std::string& python : candidates)
+    if (imports_torch(python)) return python;
+  return "";
+}
+
+}  // namespace detail
+
+// The path of a Python interpreter that can `import torch`: $KILN_PYTHON if set, else
+// /usr/bin/python3, else python3 on $PATH; "" when none can. Found once per process.
+inline const std::string& torch_python() {
+  static const std::string python = detail::find_torch_python();
+  return python;
+}
+
+// What a test says when PyTorch is missing.
+inline std::string torch_missing_message() {
+  return "no Python interpreter can `import torch` (tried $KILN_PYTHON, /usr/bin/python3 and python3 on "
+         "PATH); install PyTorch (Debian: apt-get install python3-torch) or point KILN_PYTHON at an "
+         "interpreter that has it";
+}
+
+// Runs `<python> KILN_SOURCE_DIR/tests/torch/<script> <args>` (args are passed to the shell as
+// written: quote paths with shell_quote) and returns its exit status (128 + signal number when
+// it was killed). When no interpreter imports torch, the calling test fails at once with
+// torch_missing_message(): a comparison with PyTorch never passes by being skipped.
+inline int run_torch_script(const std::string& script_relative_to_tests_torch, const std::string& args) {
+  const std::string& python = torch_python();
+  if (python.empty()) FAIL(torch_missing_message());
+  const std::string script = std::string(KILN_SOURCE_DIR) + "/tests/torch/" + script_relative_to_tests_torch;
+  const std::string command = shell_quote(python) + " " + shell_quote(script) + " " + args;
+  MESSAGE("running " << command);
+  const int status = std::system(command.c_str());
+  if (status == -1) return -1;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+}  // namespace kiln::test
