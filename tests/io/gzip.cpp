@@ -420,7 +420,9 @@ TEST_CASE("round trips through the system gzip") {
   }
   inputs.emplace_back("zeros", Bytes(300000, 0));
   inputs.emplace_back("empty", Bytes{});
-  for (const auto& [name, data] : inputs) {
+  for (const auto& input : inputs) {
+    const std::string& name = input.first;
+    const Bytes& data = input.second;
     const auto plain = dir / name;
     write_file(plain, data);
     for (int level : {1, 6, 9}) {
