@@ -1,6 +1,7 @@
 // kiln/data/fashion_mnist.hpp — Fashion-MNIST (Xiao et al., 2017) as tensors: images [N, 784]
 // scaled to [0, 1] and labels [N], read from the IDX files, gzip-compressed or not.
-// Builds on data/idx.hpp, core/tensor.hpp and the CPU backend's memory (Backend<cpu>).
+// Builds on data/idx.hpp, io/safetensors.hpp (FileError), core/tensor.hpp and the CPU backend's
+// memory (Backend<cpu>).
 #pragma once
 
 #include <kiln/backend/cpu/backend.hpp>
@@ -9,6 +10,7 @@
 #include <kiln/core/tensor.hpp>
 #include <kiln/data/idx.hpp>
 #include <kiln/io/gzip.hpp>
+#include <kiln/io/safetensors.hpp>
 
 #include <cstdint>
 #include <cstdlib>

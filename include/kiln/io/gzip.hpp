@@ -1,37 +1,28 @@
 // kiln/io/gzip.hpp — a DEFLATE (RFC 1951) and gzip (RFC 1952) decoder with bounded output,
-// CRC-32, and file helpers that read a file whole and gunzip it when it starts with 1f 8b.
-// Builds on core/error.hpp and the standard library.
+// CRC-32, and read_maybe_gzip, which reads a file whole and gunzips it when it starts with 1f 8b.
+// Builds on io/json.hpp (FormatError), io/safetensors.hpp (FileError, read_file_bytes).
 #pragma once
 
 #include <kiln/core/config.hpp>
 #include <kiln/core/error.hpp>
+#include <kiln/io/json.hpp>         // FormatError
+#include <kiln/io/safetensors.hpp>  // FileError, read_file_bytes
 
 #include <array>
-#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <initializer_list>
 #include <string>
-#include <system_error>
 #include <utility>
 #include <vector>
 
 namespace kiln::io {
 
-// A file or stream whose bytes break its format: the message names the file (when known), the
-// byte offset and what was expected there.
-class FormatError : public kiln::Error {
- public:
-  using Error::Error;
-};
-
-// A file that cannot be opened or read: the message names the file and the system's reason.
-class FileError : public kiln::Error {
- public:
-  using Error::Error;
-};
+// Errors: FormatError (kiln/io/json.hpp) for bytes that break the format, naming the file (when
+// known), the byte offset and what was expected there; FileError (kiln/io/safetensors.hpp) for a
+// file that cannot be read.
 
 // The output bound the file helpers use when the caller gives none (1 GiB).
 inline constexpr std::size_t default_max_output = std::size_t(1) << 30;
@@ -661,42 +652,19 @@ inline bool is_gzip(const std::uint8_t* data, std::size_t size) {
   return size >= 2 && data[0] == 0x1f && data[1] == 0x8b;
 }
 
-// The whole content of the file at `path`; FileError naming the file when it cannot be read.
-inline std::vector<std::uint8_t> read_file_bytes(const std::string& path) {
-  std::FILE* file = std::fopen(path.c_str(), "rb");
-  if (!file)
-    throw FileError("kiln::read_file_bytes: " + path + ": cannot open (" +
-                    std::error_code(errno, std::generic_category()).message() + ")");
-  std::vector<std::uint8_t> bytes;
-  std::size_t size = 0;
-  for (;;) {
-    if (bytes.size() - size < (std::size_t(1) << 20)) bytes.resize(size + (std::size_t(1) << 20) + size / 2);
-    const std::size_t got = std::fread(bytes.data() + size, 1, bytes.size() - size, file);
-    size += got;
-    if (got == 0) break;
-  }
-  const bool failed = std::ferror(file) != 0;
-  std::fclose(file);
-  if (failed)
-    throw FileError("kiln::read_file_bytes: " + path + ": read error after " +
-                    std::to_string(size) + " bytes");
-  bytes.resize(size);
-  bytes.shrink_to_fit();
-  return bytes;
-}
-
 // The content of the file at `path`, gunzipped when it starts with 1f 8b. Never more than
 // `max_output` bytes: a larger result throws FormatError naming the file.
 inline std::vector<std::uint8_t> read_maybe_gzip(const std::string& path,
                                                  std::size_t max_output = default_max_output) {
-  std::vector<std::uint8_t> bytes = read_file_bytes(path);
-  if (is_gzip(bytes.data(), bytes.size())) return gunzip(bytes.data(), bytes.size(), max_output, path);
+  const std::string bytes = read_file_bytes(path);  // kiln/io/safetensors.hpp
+  const auto* data = reinterpret_cast<const std::uint8_t*>(bytes.data());
+  if (is_gzip(data, bytes.size())) return gunzip(data, bytes.size(), max_output, path);
   if (bytes.size() > max_output)
     detail::throw_format_error("read_maybe_gzip", path, 0,
                                "the file has " + std::to_string(bytes.size()) +
                                    " bytes, more than max_output (" + std::to_string(max_output) +
                                    ")");
-  return bytes;
+  return std::vector<std::uint8_t>(data, data + bytes.size());
 }
 
 }  // namespace kiln::io
