@@ -399,6 +399,9 @@ TEST_CASE("writing rejects what the format cannot hold") {
                        kiln::ValueError);
   CHECK_THROWS_WITH_AS(io::safetensors_bytes({{"a", a}}, {}, io::DType::I64), doctest::Contains("not I64"),
                        kiln::ValueError);
+  CHECK_THROWS_WITH_AS(io::safetensors_bytes({{"bad\xFF", a}}), doctest::Contains("must be valid UTF-8: invalid UTF-8 (byte 0xFF)"),
+                       kiln::ValueError);
+  CHECK_THROWS_WITH_AS(io::safetensors_bytes({{"a", a}}, {{"k", "\xC3"}}), doctest::Contains("valid UTF-8"), kiln::ValueError);
 }
 
 // -------------------------------------------------------------------------------------------

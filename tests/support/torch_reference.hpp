@@ -89,12 +89,12 @@ inline int run_torch_script(const std::string& script_relative_to_tests_torch, c
   if (python.empty()) FAIL(torch_missing_message());
   const std::string script = std::string(KILN_SOURCE_DIR) + "/tests/torch/" + script_relative_to_tests_torch;
   const std::string command = shell_quote(python) + " " + shell_quote(script) + " " + args;
-  MESSAGE("running " << command);
   const int status = std::system(command.c_str());
-  if (status == -1) return -1;
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
+  int code = -1;
+  if (status != -1 && WIFEXITED(status)) code = WEXITSTATUS(status);
+  else if (status != -1 && WIFSIGNALED(status)) code = 128 + WTERMSIG(status);
+  if (code != 0) MESSAGE("exit status " << code << " from: " << command);
+  return code;
 }
 
 }  // namespace kiln::test

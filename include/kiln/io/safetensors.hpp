@@ -693,6 +693,11 @@ std::string encode_safetensors(const std::vector<std::pair<std::string, Tensor<T
     offset += bytes;
   }
   std::string header_text = to_json(header);
+  try {
+    (void)parse_json(header_text, "the header being written");  // readers need valid UTF-8
+  } catch (const JsonError& e) {
+    throw ValueError(std::string(op) + "tensor names and metadata must be valid UTF-8: " + e.reason());
+  }
   header_text.append((8 - header_text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
 
   std::string out;
