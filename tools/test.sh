@@ -7,7 +7,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 JOBS="${KILN_TEST_JOBS:-2}"
-PACKAGES=(g++ clang cmake ninja-build pkg-config doctest-dev libbenchmark-dev libopenblas-dev libeigen3-dev)
+PACKAGES=(g++ clang cmake ninja-build pkg-config gzip doctest-dev libbenchmark-dev libopenblas-dev libeigen3-dev
+          python3 python3-torch python3-numpy dataset-fashion-mnist)
 
 log() { printf '\n==> %s\n' "$*"; }
 

@@ -1,5 +1,6 @@
 // kiln/kiln.hpp — everything kiln offers on the CPU: tensors, lazy fused expressions,
-// reductions, matmul, random numbers. Builds on the headers of include/kiln and backends/cpu.
+// reductions, matmul, random numbers, automatic differentiation.
+// Builds on the headers of include/kiln and backends/cpu.
 #pragma once
 
 #include <kiln/version.hpp>
@@ -20,6 +21,10 @@
 #include <kiln/expr/ops.hpp>
 #include <kiln/expr/reduce.hpp>
 
+#include <kiln/autograd/fused.hpp>
+#include <kiln/autograd/graph.hpp>
+
 #include <kiln/ops/matmul.hpp>
+#include <kiln/ops/reduce.hpp>
 
 #include <kiln/backend/cpu/backend.hpp>

@@ -1,5 +1,6 @@
 // kiln/core/tensor.hpp — Tensor<T, Device>: shared storage + shape + strides + offset, with
-// zero-copy views (reshape, permute, transpose, slice, expand, squeeze, unsqueeze).
+// zero-copy views (reshape, permute, transpose, slice, expand, squeeze, unsqueeze) and optional
+// gradient tracking (requires_grad, backward, grad; the machinery lives in kiln/autograd).
 // Builds on core/shape.hpp, core/error.hpp and the Backend<Device> interface of core/device.hpp.
 #pragma once
 
@@ -39,6 +40,20 @@ template <class T, class Device = cpu>
 class Tensor;
 
 namespace detail {
+// Gradient-tracking state of a tensor (defined in kiln/autograd/graph.hpp).
+template <class T, class Device>
+struct AutogradMeta;
+// Records that `out` is a view of tracked `in` made by `remake` (autograd/graph.hpp).
+// `reshape_like` views keep the element order, so their gradient is a reshape.
+template <class T, class Device, class F>
+void track_view(const Tensor<T, Device>& in, Tensor<T, Device>& out, F remake, bool reshape_like);
+// Records that `out` is `in` broadcast to out's shape (autograd/graph.hpp).
+template <class T, class Device>
+void track_expand(const Tensor<T, Device>& in, Tensor<T, Device>& out);
+// Members of Tensor that need the autograd machinery (autograd/graph.hpp).
+template <class T, class Device>
+struct TensorAutograd;
+
 // Evaluates expression `e` into a new tensor (defined in kiln/expr/eval.hpp).
 template <class T, class Device, class E>
 void evaluate_new(Tensor<T, Device>& out, const E& e);
@@ -191,8 +206,9 @@ class Tensor {
   }
   // A contiguous copy with storage of its own.
   Tensor clone() const {
-    Tensor out = uninitialized(shape_);
-    Backend<Device>::copy_strided(out.data(), out.strides_, data(), strides_, shape_);
+    Tensor out = clone_raw();
+    if constexpr (is_floating_element<T>)
+      if (meta_) detail::track_view(*this, out, [](const Tensor& t) { return t; }, true);
     return out;
   }
   // This tensor converted element by element to U (float, double, bfloat16, ...).
@@ -206,6 +222,40 @@ class Tensor {
       return out;
     }
   }
+
+  // --- gradient tracking (kiln/autograd) -----------------------------------------------
+  // Marks this tensor as a leaf whose gradient backward() accumulates; returns *this, so
+  // `auto w = kiln::randn<float>({4, 3}, rng).requires_grad();` works.
+  Tensor& requires_grad(bool on = true) { return detail::TensorAutograd<T, Device>::set_requires_grad(*this, on); }
+  // True when operations on this tensor are recorded for backward().
+  bool tracks_grad() const { return meta_ != nullptr; }
+  // True unless this tensor is the result of a recorded operation.
+  bool is_leaf() const { return detail::TensorAutograd<T, Device>::is_leaf(*this); }
+  // The gradient accumulated by backward() (an undefined tensor before any).
+  Tensor grad() const { return detail::TensorAutograd<T, Device>::grad(*this); }
+  // Replaces the accumulated gradient (an undefined tensor clears it).
+  void set_grad(const Tensor& g) const { detail::TensorAutograd<T, Device>::set_grad(*this, g); }
+  // Forgets the accumulated gradient (as PyTorch's zero_grad(set_to_none=True)).
+  void zero_grad() const { detail::TensorAutograd<T, Device>::set_grad(*this, Tensor()); }
+  // Keeps the gradient of this non-leaf tensor in grad() during backward().
+  void retain_grad() const { detail::TensorAutograd<T, Device>::retain_grad(*this); }
+  // Back-propagates from this one-element tensor (d self / d self = 1).
+  void backward(bool retain_graph = false, bool create_graph = false) const {
+    detail::TensorAutograd<T, Device>::backward(*this, Tensor(), retain_graph, create_graph);
+  }
+  // Back-propagates `gradient` (same shape as this tensor) from this tensor.
+  void backward(const Tensor& gradient, bool retain_graph = false, bool create_graph = false) const {
+    detail::TensorAutograd<T, Device>::backward(*this, gradient, retain_graph, create_graph);
+  }
+  // The same elements, cut off from the graph (never tracked).
+  Tensor detach() const {
+    Tensor t = *this;
+    t.meta_ = nullptr;
+    return t;
+  }
+  // The autograd state (nullptr when untracked); for kiln/autograd.
+  const std::shared_ptr<detail::AutogradMeta<T, Device>>& autograd_meta() const { return meta_; }
+  void set_autograd_meta(std::shared_ptr<detail::AutogradMeta<T, Device>> m) { meta_ = std::move(m); }
 
   // --- in-place writes ------------------------------------------------------------------
   // Sets every element to `v`.
@@ -231,14 +281,15 @@ class Tensor {
       throw_shape_error("view", "the strides of this tensor do not allow this view; call reshape or "
                                 "contiguous() first",
                         shape_, to);
-    return with(to, st, offset_);
+    return tracked(with(to, st, offset_), [to](const Tensor& t) { return t.view(to); }, true);
   }
   // Like view, but copies when the elements cannot be seen with the new shape in place.
   Tensor reshape(Shape to) const {
     to = infer_shape("reshape", to);
     Shape st;
-    if (detail::view_strides(shape_, strides_, to, st)) return with(to, st, offset_);
-    return clone().view(to);
+    if (detail::view_strides(shape_, strides_, to, st))
+      return tracked(with(to, st, offset_), [to](const Tensor& t) { return t.reshape(to); }, true);
+    return tracked(clone_raw().view_raw(to), [to](const Tensor& t) { return t.reshape(to); }, true);
   }
   // Collapses dims start..end (inclusive) into one.
   Tensor flatten(int start = 0, int end = -1) const {
@@ -269,7 +320,7 @@ class Tensor {
       s.push_back(shape_.dims[ax]);
       st.push_back(strides_.dims[ax]);
     }
-    return with(s, st, offset_);
+    return tracked(with(s, st, offset_), [order](const Tensor& t) { return t.permute(order); }, false);
   }
   // Swaps two dimensions.
   Tensor transpose(int d0, int d1) const {
@@ -278,7 +329,7 @@ class Tensor {
     Shape s = shape_, st = strides_;
     std::swap(s.dims[d0], s.dims[d1]);
     std::swap(st.dims[d0], st.dims[d1]);
-    return with(s, st, offset_);
+    return tracked(with(s, st, offset_), [d0, d1](const Tensor& t) { return t.transpose(d0, d1); }, false);
   }
   // Transpose of a matrix (swaps the last two dims; a 1-d tensor is returned as is).
   Tensor t() const {
@@ -300,7 +351,8 @@ class Tensor {
     Shape s = shape_, st = strides_;
     s.dims[d] = len;
     st.dims[d] = strides_.dims[d] * step;
-    return with(s, st, offset_ + (len > 0 ? b * strides_.dims[d] : 0));
+    return tracked(with(s, st, offset_ + (len > 0 ? b * strides_.dims[d] : 0)),
+                   [d, start, end, step](const Tensor& t) { return t.slice(d, start, end, step); }, false);
   }
   // The sub-tensor at position `index` of dimension d (that dimension removed).
   Tensor select(int d, index_t index) const {
@@ -316,12 +368,20 @@ class Tensor {
         s.push_back(shape_.dims[k]);
         st.push_back(strides_.dims[k]);
       }
-    return with(s, st, offset_ + i * strides_.dims[d]);
+    return tracked(with(s, st, offset_ + i * strides_.dims[d]),
+                   [d, i](const Tensor& t) { return t.select(d, i); }, false);
   }
   // A view broadcast to `to` (size-1 dims stretched with stride 0, leading dims added).
   Tensor expand(const Shape& to) const {
     if (!broadcastable_to(shape_, to)) throw_shape_error("expand", "cannot broadcast", shape_, to);
-    return with(to, broadcast_strides(shape_, strides_, to), offset_);
+    Tensor out = with(to, broadcast_strides(shape_, strides_, to), offset_);
+    if constexpr (is_floating_element<T>) {
+      if (meta_ && to != shape_)
+        detail::track_expand(*this, out);
+      else
+        out.meta_ = meta_;
+    }
+    return out;
   }
   Tensor broadcast_to(const Shape& to) const { return expand(to); }
   // Removes dimension d, which must have extent 1.
@@ -339,7 +399,7 @@ class Tensor {
         s.push_back(shape_.dims[k]);
         st.push_back(strides_.dims[k]);
       }
-    return with(s, st, offset_);
+    return tracked(with(s, st, offset_), [s](const Tensor& t) { return t.reshape(s); }, true);
   }
   // Inserts a dimension of extent 1 at position d (0..dim()).
   Tensor unsqueeze(int d) const {
@@ -356,7 +416,7 @@ class Tensor {
         st.push_back(strides_.dims[k]);
       }
     }
-    return with(s, st, offset_);
+    return tracked(with(s, st, offset_), [s](const Tensor& t) { return t.reshape(s); }, true);
   }
 
   // --- in-place arithmetic (defined with the expressions, kiln/expr/ops.hpp) -------------
@@ -382,6 +442,24 @@ class Tensor {
 
  private:
   Tensor with(const Shape& s, const Shape& st, index_t off) const { return from_parts(storage_, s, st, off); }
+
+  // `out` (a view of this tensor) joins the graph when this tensor is tracked.
+  template <class F>
+  Tensor tracked(Tensor out, F remake, bool reshape_like) const {
+    if constexpr (is_floating_element<T>)
+      if (meta_) detail::track_view(*this, out, remake, reshape_like);
+    return out;
+  }
+  Tensor clone_raw() const {
+    Tensor out = uninitialized(shape_);
+    Backend<Device>::copy_strided(out.data(), out.strides_, data(), strides_, shape_);
+    return out;
+  }
+  Tensor view_raw(const Shape& to) const {
+    Shape st;
+    detail::view_strides(shape_, strides_, to, st);
+    return with(to, st, offset_);
+  }
 
   Shape infer_shape(const char* op, Shape to) const {
     int infer = -1;
@@ -411,6 +489,7 @@ class Tensor {
   Shape shape_;
   Shape strides_;
   index_t offset_ = 0;
+  std::shared_ptr<detail::AutogradMeta<T, Device>> meta_;
 };
 
 }  // namespace kiln

@@ -9,6 +9,17 @@
 
 namespace kiln::detail {
 
+// Records the evaluation of `e` into `out` as one autograd node (kiln/autograd/fused.hpp).
+template <class T, class Device, class E>
+void record_fused(Tensor<T, Device>& out, const E& e);
+// Whether operations on tracked tensors are recorded for backward, per thread (switched by
+// kiln::NoGrad and kiln::EnableGrad in kiln/autograd/graph.hpp).
+inline bool& grad_mode_flag() {
+  thread_local bool enabled = true;
+  return enabled;
+}
+inline bool grad_mode_enabled() { return grad_mode_flag(); }
+
 template <class T, class Device, class E>
 void evaluate_new(Tensor<T, Device>& out, const E& e) {
   static_assert(std::is_same_v<typename E::value_type, T>,
@@ -17,6 +28,7 @@ void evaluate_new(Tensor<T, Device>& out, const E& e) {
                 "kiln: the expression lives on another device than the tensor");
   auto result = Tensor<T, Device>::uninitialized(e.shape);
   Backend<Device>::eval(result.data(), result.strides(), e.shape, e.node);
+  if (e.tracks_grad() && grad_mode_enabled()) record_fused(result, e);
   out = std::move(result);
 }
 
@@ -32,6 +44,9 @@ void evaluate_into(Tensor<T, Device>& dst, const E& value) {
     static_assert(std::is_same_v<typename X::device_type, Device>,
                   "kiln: assign: the value lives on another device than the tensor");
     const Shape& shape = dst.shape();
+    if ((dst.tracks_grad() || e.tracks_grad()) && grad_mode_enabled())
+      throw Error("kiln::assign: in-place writes are not recorded for backward; the destination or the value "
+                  "is tracked by autograd (write inside a kiln::NoGrad scope, or build a new tensor instead)");
     if (!broadcastable_to(e.shape, shape))
       throw_shape_error("assign", "the value cannot be broadcast to the destination", e.shape, shape);
     for (int i = 0; i < shape.ndim; ++i)
@@ -44,7 +59,7 @@ void evaluate_into(Tensor<T, Device>& dst, const E& value) {
     bool hazard = false;
     std::size_t i = 0;
     node.for_each_leaf([&](const T* p, const Shape& strides) {
-      if (e.keep[i].get() == dst.storage().get() && (p != dst.data() || strides != dst.strides())) hazard = true;
+      if (e.operands[i].storage().get() == dst.storage().get() && (p != dst.data() || strides != dst.strides())) hazard = true;
       ++i;
     });
     if (hazard) {

@@ -218,8 +218,9 @@ struct Ternary {
 
 namespace kiln {
 
-// A lazy elementwise expression on Device: the node tree, its broadcast shape, and the
-// storage of every tensor it reads (so `auto e = a * b + c;` stays valid after a, b, c go).
+// A lazy elementwise expression on Device: the node tree, its broadcast shape, and every
+// tensor it reads, leaf by leaf in the order of the tree (so `auto e = a * b + c;` stays valid
+// after a, b, c go, and autograd can find the tracked operands).
 template <class Node, class Device>
 struct Expr : ExprTag {
   using node_type = Node;
@@ -229,7 +230,14 @@ struct Expr : ExprTag {
 
   Node node;
   Shape shape;
-  std::array<std::shared_ptr<Buffer>, Node::leaves> keep;
+  std::array<Tensor<value_type, Device>, Node::leaves> operands;
+
+  // True when some operand is tracked by autograd.
+  bool tracks_grad() const {
+    for (const auto& t : operands)
+      if (t.tracks_grad()) return true;
+    return false;
+  }
 
   int dim() const { return shape.ndim; }
   index_t numel() const { return shape.numel(); }
@@ -262,7 +270,7 @@ Expr<expr::Leaf<T>, D> as_expr(const Tensor<T, D>& t) {
   Expr<expr::Leaf<T>, D> e;
   e.node = expr::Leaf<T>{t.data(), t.shape(), t.strides(), nullptr, 0};
   e.shape = t.shape();
-  e.keep[0] = t.storage();
+  e.operands[0] = t;
   return e;
 }
 template <class N, class D>
@@ -278,10 +286,9 @@ Expr<expr::Scalar<T>, D> scalar_expr(T v) {
   return e;
 }
 
-template <std::size_t N, std::size_t M>
-std::array<std::shared_ptr<Buffer>, N + M> join(const std::array<std::shared_ptr<Buffer>, N>& a,
-                                               const std::array<std::shared_ptr<Buffer>, M>& b) {
-  std::array<std::shared_ptr<Buffer>, N + M> out;
+template <class X, std::size_t N, std::size_t M>
+std::array<X, N + M> join(const std::array<X, N>& a, const std::array<X, M>& b) {
+  std::array<X, N + M> out;
   std::size_t k = 0;
   for (const auto& p : a) out[k++] = p;
   for (const auto& p : b) out[k++] = p;
@@ -302,7 +309,7 @@ auto make_unary(F f, const A& a) {
   Expr<Node, typename EA::device_type> e;
   e.node = Node{f, ea.node};
   e.shape = ea.shape;
-  e.keep = ea.keep;
+  e.operands = ea.operands;
   return e;
 }
 
@@ -323,7 +330,7 @@ auto make_binary(F f, const A& a, const B& b) {
   if (!broadcast_shapes(ea.shape, eb.shape, e.shape))
     throw_shape_error(F::name, "operands cannot be broadcast together", ea.shape, eb.shape);
   e.node = Node{f, ea.node, eb.node};
-  e.keep = detail::join(ea.keep, eb.keep);
+  e.operands = detail::join(ea.operands, eb.operands);
   return e;
 }
 
@@ -350,7 +357,7 @@ auto make_ternary(F f, const A& a, const B& b, const C& c) {
   if (!broadcast_shapes(ab, ec.shape, e.shape))
     throw_shape_error(F::name, "operands cannot be broadcast together", ab, ec.shape);
   e.node = Node{f, ea.node, eb.node, ec.node};
-  e.keep = detail::join(detail::join(ea.keep, eb.keep), ec.keep);
+  e.operands = detail::join(detail::join(ea.operands, eb.operands), ec.operands);
   return e;
 }
 

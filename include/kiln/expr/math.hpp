@@ -127,6 +127,7 @@ KILN_UNARY_FUNCTOR(Rsqrt, "rsqrt", rsqrt(x))
 KILN_UNARY_FUNCTOR(Square, "square", x * x)
 KILN_UNARY_FUNCTOR(Reciprocal, "reciprocal", V(S(1)) / x)
 KILN_UNARY_FUNCTOR(Tanh, "tanh", tanh(x))
+KILN_UNARY_FUNCTOR(Erf, "erf", erf(x))
 KILN_UNARY_FUNCTOR(Sigmoid, "sigmoid", sigmoid(x))
 // relu(NaN) = NaN, as in PyTorch.
 KILN_UNARY_FUNCTOR(Relu, "relu", select(x < V(S(0)), V(S(0)), x))

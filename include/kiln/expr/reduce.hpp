@@ -1,5 +1,5 @@
-// kiln/expr/reduce.hpp — reductions along one axis or over all elements: sum, mean, max, min,
-// var, logsumexp (stable), argmax, argmin. They compute at once (not lazily).
+// kiln/expr/reduce.hpp — the raw reductions along one axis or over all elements (sum, mean,
+// max, min, var, logsumexp, argmax, argmin) that kiln/ops/reduce.hpp wraps with gradients.
 // Builds on expr/eval.hpp and Backend<Device>::reduce / argreduce.
 #pragma once
 
@@ -86,79 +86,5 @@ auto arg_reduce(const char* op, const E& x, int axis, bool keepdim, bool is_max)
 }
 
 }  // namespace detail
-
-// Sum of all elements (a 0-d tensor), or along `axis`.
-template <TensorOrExpr E>
-auto sum(const E& x) {
-  return detail::reduce_all("sum", Reduction::sum, x);
-}
-template <TensorOrExpr E>
-auto sum(const E& x, int axis, bool keepdim = false) {
-  return detail::reduce_axis("sum", Reduction::sum, x, axis, keepdim);
-}
-// Arithmetic mean (NaN over zero elements).
-template <TensorOrExpr E>
-auto mean(const E& x) {
-  return detail::reduce_all("mean", Reduction::mean, x);
-}
-template <TensorOrExpr E>
-auto mean(const E& x, int axis, bool keepdim = false) {
-  return detail::reduce_axis("mean", Reduction::mean, x, axis, keepdim);
-}
-// Largest element (NaN if any is NaN).
-template <TensorOrExpr E>
-auto max(const E& x) {
-  return detail::reduce_all("max", Reduction::max, x);
-}
-template <TensorOrExpr E>
-auto max(const E& x, int axis, bool keepdim = false) {
-  return detail::reduce_axis("max", Reduction::max, x, axis, keepdim);
-}
-// Smallest element (NaN if any is NaN).
-template <TensorOrExpr E>
-auto min(const E& x) {
-  return detail::reduce_all("min", Reduction::min, x);
-}
-template <TensorOrExpr E>
-auto min(const E& x, int axis, bool keepdim = false) {
-  return detail::reduce_axis("min", Reduction::min, x, axis, keepdim);
-}
-// Variance, Σ(x − mean)² / (N − correction); correction 1 (default) is the unbiased estimate.
-template <TensorOrExpr E>
-auto var(const E& x) {
-  return detail::reduce_all("var", Reduction::var, x, 1.0);
-}
-template <TensorOrExpr E>
-auto var(const E& x, int axis, double correction = 1.0, bool keepdim = false) {
-  return detail::reduce_axis("var", Reduction::var, x, axis, keepdim, correction);
-}
-// log Σ exp(x), computed as m + log Σ exp(x − m) with m the maximum.
-template <TensorOrExpr E>
-auto logsumexp(const E& x) {
-  return detail::reduce_all("logsumexp", Reduction::logsumexp, x);
-}
-template <TensorOrExpr E>
-auto logsumexp(const E& x, int axis, bool keepdim = false) {
-  return detail::reduce_axis("logsumexp", Reduction::logsumexp, x, axis, keepdim);
-}
-// Index of the first largest element along `axis` (flat index over all elements without one).
-template <TensorOrExpr E>
-auto argmax(const E& x, int axis, bool keepdim = false) {
-  return detail::arg_reduce("argmax", x, axis, keepdim, true);
-}
-template <TensorOrExpr E>
-auto argmax(const E& x) {
-  auto c = detail::materialize(x);
-  return detail::arg_reduce("argmax", c.reshape({-1}), 0, false, true);
-}
-template <TensorOrExpr E>
-auto argmin(const E& x, int axis, bool keepdim = false) {
-  return detail::arg_reduce("argmin", x, axis, keepdim, false);
-}
-template <TensorOrExpr E>
-auto argmin(const E& x) {
-  auto c = detail::materialize(x);
-  return detail::arg_reduce("argmin", c.reshape({-1}), 0, false, false);
-}
 
 }  // namespace kiln

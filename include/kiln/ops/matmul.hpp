@@ -1,8 +1,9 @@
-// kiln/ops/matmul.hpp — matrix products: matmul with NumPy semantics (1-d operands, broadcast
-// batch dims), computed by the backend's strided batched GEMM without copying transposed views.
-// Builds on core/tensor.hpp and Backend<Device>::gemm_batched.
+// kiln/ops/matmul.hpp — matrix products with gradients: matmul with NumPy semantics (1-d
+// operands, broadcast batch dims), computed by the backend's strided batched GEMM without copying
+// transposed views. Builds on autograd/graph.hpp and Backend<Device>::gemm_batched.
 #pragma once
 
+#include <kiln/autograd/graph.hpp>
 #include <kiln/core/tensor.hpp>
 
 #include <string>
@@ -32,12 +33,9 @@ bool gemm_operand(const Tensor<T, D>& m, bool& trans, index_t& ld) {
   return false;
 }
 
-}  // namespace detail
-
-// Matrix product. 2-d × 2-d is a GEMM; a 1-d operand is treated as a row (left) or column
-// (right) vector and that dim is dropped from the result; leading (batch) dims broadcast.
+// The product without recording (inputs must not be tracked, or be detached by the caller).
 template <class T, class D>
-Tensor<T, D> matmul(const Tensor<T, D>& a_in, const Tensor<T, D>& b_in) {
+Tensor<T, D> matmul_raw(const Tensor<T, D>& a_in, const Tensor<T, D>& b_in) {
   static_assert(is_floating_element<T>, "kiln::matmul works on float and double tensors");
   if (a_in.dim() == 0 || b_in.dim() == 0)
     throw_shape_error("matmul", "both operands need at least one dimension", a_in.shape(), b_in.shape());
@@ -115,6 +113,34 @@ Tensor<T, D> matmul(const Tensor<T, D>& a_in, const Tensor<T, D>& b_in) {
                            nbatch);
   if (a_vec) c = c.squeeze(-2);
   if (b_vec) c = c.squeeze(-1);
+  return c;
+}
+
+}  // namespace detail
+
+// Matrix product. 2-d × 2-d is a GEMM; a 1-d operand is treated as a row (left) or column
+// (right) vector and that dim is dropped from the result; leading (batch) dims broadcast.
+// Backward (C = A·B): dA = dC·Bᵀ, dB = Aᵀ·dC, each summed over the batch dims it was broadcast
+// along; both are matmuls themselves, so the gradient can be differentiated again.
+template <class T, class D>
+Tensor<T, D> matmul(const Tensor<T, D>& a, const Tensor<T, D>& b) {
+  if (!(detail::grad_mode_enabled() && (a.tracks_grad() || b.tracks_grad())))
+    return detail::matmul_raw(a.detach(), b.detach());
+  if (a.dim() == 1 || b.dim() == 1) {
+    if (a.dim() == 0 || b.dim() == 0)
+      throw_shape_error("matmul", "both operands need at least one dimension", a.shape(), b.shape());
+    Tensor<T, D> c = matmul(a.dim() == 1 ? a.unsqueeze(0) : a, b.dim() == 1 ? b.unsqueeze(1) : b);
+    if (a.dim() == 1) c = c.squeeze(-2);
+    if (b.dim() == 1) c = c.squeeze(-1);
+    return c;
+  }
+  Tensor<T, D> c = detail::matmul_raw(a.detach(), b.detach());
+  detail::record("matmul", c, {a, b}, [a, b](const Tensor<T, D>& g, const auto& node) {
+    std::vector<Tensor<T, D>> out(2);
+    if (node.needs(0)) out[0] = sum_to(matmul(g, b.transpose(-1, -2)), a.shape());
+    if (node.needs(1)) out[1] = sum_to(matmul(a.transpose(-1, -2), g), b.shape());
+    return out;
+  });
   return c;
 }
 
