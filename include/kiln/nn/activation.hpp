@@ -1,0 +1,125 @@
+// kiln/nn/activation.hpp — activation modules as in torch.nn: ReLU, LeakyReLU, GELU, SiLU, Tanh,
+// Sigmoid, Softplus, plus Identity and Flatten. Builds on nn/module.hpp and the fused elementwise
+// functions of expr/ops.hpp (their gradients come from autograd/fused.hpp).
+#pragma once
+
+#include <kiln/autograd/fused.hpp>
+#include <kiln/core/error.hpp>
+#include <kiln/expr/ops.hpp>
+#include <kiln/nn/module.hpp>
+
+#include <string>
+
+namespace kiln::nn {
+
+// max(x, 0).
+template <class T, class Device = cpu>
+class BasicReLU : public BasicModule<T, Device> {
+ public:
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return Tensor<T, Device>(relu(x)); }
+  Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
+};
+
+// x for x >= 0, negative_slope·x below.
+template <class T, class Device = cpu>
+class BasicLeakyReLU : public BasicModule<T, Device> {
+ public:
+  explicit BasicLeakyReLU(double negative_slope = 0.01) : negative_slope_(negative_slope) {}
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const {
+    return Tensor<T, Device>(leaky_relu(x, negative_slope_));
+  }
+  Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
+  double negative_slope() const { return negative_slope_; }
+
+ private:
+  double negative_slope_;
+};
+
+// GELU: x·Φ(x) exactly (approximate = "none"), or with the tanh approximation ("tanh").
+template <class T, class Device = cpu>
+class BasicGELU : public BasicModule<T, Device> {
+ public:
+  explicit BasicGELU(const std::string& approximate = "none") : tanh_(approximate == "tanh") {
+    if (approximate != "none" && approximate != "tanh")
+      throw_value_error("nn::GELU", "approximate must be \"none\" or \"tanh\", got \"" + approximate + "\"");
+  }
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const {
+    return tanh_ ? Tensor<T, Device>(gelu_tanh(x)) : Tensor<T, Device>(gelu(x));
+  }
+  Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
+  std::string approximate() const { return tanh_ ? "tanh" : "none"; }
+
+ private:
+  bool tanh_;
+};
+
+// x·sigmoid(x).
+template <class T, class Device = cpu>
+class BasicSiLU : public BasicModule<T, Device> {
+ public:
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return Tensor<T, Device>(silu(x)); }
+  Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
+};
+
+template <class T, class Device = cpu>
+class BasicTanh : public BasicModule<T, Device> {
+ public:
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return Tensor<T, Device>(tanh(x)); }
+  Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
+};
+
+template <class T, class Device = cpu>
+class BasicSigmoid : public BasicModule<T, Device> {
+ public:
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return Tensor<T, Device>(sigmoid(x)); }
+  Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
+};
+
+// (1/beta)·log(1 + exp(beta·x)), and x itself where beta·x > threshold.
+template <class T, class Device = cpu>
+class BasicSoftplus : public BasicModule<T, Device> {
+ public:
+  explicit BasicSoftplus(double beta = 1.0, double threshold = 20.0) : beta_(beta), threshold_(threshold) {
+    if (!(beta > 0)) throw_value_error("nn::Softplus", "beta must be positive, got " + std::to_string(beta));
+  }
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const {
+    return Tensor<T, Device>(softplus(x, beta_, threshold_));
+  }
+  Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
+
+ private:
+  double beta_, threshold_;
+};
+
+// Returns its input (the same tensor).
+template <class T, class Device = cpu>
+class BasicIdentity : public BasicModule<T, Device> {
+ public:
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return x; }
+  Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
+};
+
+// Collapses dims start_dim..end_dim into one (default: all but the batch dim), a view when the
+// strides allow it.
+template <class T, class Device = cpu>
+class BasicFlatten : public BasicModule<T, Device> {
+ public:
+  explicit BasicFlatten(int start_dim = 1, int end_dim = -1) : start_dim_(start_dim), end_dim_(end_dim) {}
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return x.flatten(start_dim_, end_dim_); }
+  Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
+
+ private:
+  int start_dim_, end_dim_;
+};
+
+using ReLU = BasicReLU<float, cpu>;
+using LeakyReLU = BasicLeakyReLU<float, cpu>;
+using GELU = BasicGELU<float, cpu>;
+using SiLU = BasicSiLU<float, cpu>;
+using Tanh = BasicTanh<float, cpu>;
+using Sigmoid = BasicSigmoid<float, cpu>;
+using Softplus = BasicSoftplus<float, cpu>;
+using Identity = BasicIdentity<float, cpu>;
+using Flatten = BasicFlatten<float, cpu>;
+
+}  // namespace kiln::nn
