@@ -138,6 +138,42 @@ TEST_CASE("softmax: hand-derived values and large logits") {
   CHECK(y[3] == doctest::Approx(1 - std::log(1 + e)).epsilon(1e-6));
 }
 
+TEST_CASE("log_softmax and cross-entropy on long rows whose maximum comes late") {
+  // Rows are summed in chunks of 4096; a larger maximum in a later chunk rescales the sum.
+  Lcg rng(7);
+  const index_t cols = 9000;
+  auto x = random_vector(2 * cols, rng);
+  x[5000] = 40.0;         // row 0: maximum in the second chunk
+  x[cols + 8999] = 25.0;  // row 1: maximum in the last, partial chunk
+  const auto lse = reference_lse(x, 2, cols);
+  const std::vector<index_t> t = {5000, 3};
+  for (const bool in_float : {false, true}) {
+    CAPTURE(in_float);
+    const double tol = in_float ? 2e-6 : 1e-13;
+    std::vector<double> logp_ref(x.size()), loss_ref = {lse[0] - x[5000], lse[1] - x[cols + 3]};
+    for (index_t r = 0; r < 2; ++r)
+      for (index_t c = 0; c < cols; ++c) logp_ref[r * cols + c] = x[r * cols + c] - lse[r];
+    if (in_float) {
+      const auto xf = cast<float>(x);
+      std::vector<float> y(x.size()), loss(2), lse_out(2);
+      cpu::log_softmax_forward(xf.data(), 2, cols, y.data());
+      cpu::cross_entropy_forward(xf.data(), t.data(), 2, cols, -100, 0.0f, loss.data(),
+                                 lse_out.data());
+      CHECK(max_error(y, logp_ref) < tol);
+      CHECK(max_error(loss, loss_ref) < tol);
+      CHECK(max_error(lse_out, lse) < tol);
+    } else {
+      std::vector<double> y(x.size()), loss(2), lse_out(2);
+      cpu::log_softmax_forward(x.data(), 2, cols, y.data());
+      cpu::cross_entropy_forward(x.data(), t.data(), 2, cols, -100, 0.0, loss.data(),
+                                 lse_out.data());
+      CHECK(max_error(y, logp_ref) < tol);
+      CHECK(max_error(loss, loss_ref) < tol);
+      CHECK(max_error(lse_out, lse) < tol);
+    }
+  }
+}
+
 TEST_CASE("softmax_backward and log_softmax_backward match finite differences") {
   const index_t fd_shapes[][2] = {{1, 1}, {1, 9}, {3, 5}, {4, 37}};
   Lcg rng(2);

@@ -16,7 +16,7 @@
 
 // Conventions of every kernel here:
 // - Buffers are contiguous and row-major; `T` is float or double. Statistics are summed in T
-//   lanes over blocks of 4096 elements and in double across blocks and for the final scalars.
+//   lanes over short blocks and in double across blocks and for the final scalars.
 // - Outputs are overwritten, never accumulated into. Gradients of the affine parameters
 //   (gw, gb) are sums over every row (or sample and position) of the batch.
 // - Results do not depend on the number of threads: every row (group, channel) is computed by
@@ -31,8 +31,10 @@ namespace norm_detail {
 template <class T>
 using Vec = simd::Vec<T>;
 
-// Elements of one statistics block summed in T lanes before joining the double total.
-inline constexpr index_t sum_block = 4096;
+// Elements of one statistics block summed in T lanes (32 per lane and accumulator) before
+// joining the double total: float sums stay accurate for any packet width.
+template <class T>
+inline constexpr index_t sum_block = 64 * Vec<T>::size;
 // Rows whose parameter-gradient contributions are summed together before the ordered join.
 inline constexpr index_t param_block_rows = 64;
 
@@ -73,8 +75,8 @@ KILN_FORCEINLINE std::array<double, K> sums(index_t n, F&& f) {
   using V = Vec<T>;
   constexpr int W = V::size;
   std::array<double, K> total{};
-  for (index_t b0 = 0; b0 < n; b0 += sum_block) {
-    const index_t b1 = std::min(n, b0 + sum_block);
+  for (index_t b0 = 0; b0 < n; b0 += sum_block<T>) {
+    const index_t b1 = std::min(n, b0 + sum_block<T>);
     std::array<V, K> a0, a1;
     for (int k = 0; k < K; ++k) a0[k] = a1[k] = V::zero();
     index_t i = b0;

@@ -8,6 +8,7 @@
 #include <kiln/core/error.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -113,6 +114,25 @@ inline T exp_sum(const T* x, index_t n, T shift, T* y) {
   return hsum(a0 + a1);
 }
 
+// {m, s} with m = max_i x[i] and s = sum_i exp(x[i] - m), in chunks small enough to stay in L1
+// between their max and exp passes, so a long row is read from memory once; a chunk with a new
+// maximum rescales the running sum by exp(m_old - m_new).
+template <class T>
+inline std::array<T, 2> max_and_exp_sum(const T* x, index_t n) {
+  constexpr index_t chunk = 4096;
+  T m = -std::numeric_limits<T>::infinity(), s = T(0);
+  for (index_t c0 = 0; c0 < n; c0 += chunk) {
+    const index_t len = std::min(chunk, n - c0);
+    const T chunk_max = max_of(x + c0, len);
+    if (chunk_max > m) {
+      s *= std::exp(m - chunk_max);
+      m = chunk_max;
+    }
+    s += exp_sum(x + c0, len, m, static_cast<T*>(nullptr));
+  }
+  return {m, s};
+}
+
 // Sum_i a[i] * b[i] (b null: sum_i a[i]).
 template <class T>
 inline T dot(const T* a, const T* b, index_t n) {
@@ -214,9 +234,9 @@ void log_softmax_forward(const T* x, index_t rows, index_t cols, T* y) {
     for (index_t r = r0; r < r1; ++r) {
       const T* xr = x + r * cols;
       T* yr = y + r * cols;
-      const T m = row_ops::max_of(xr, cols);
+      const auto [m, sum] = row_ops::max_and_exp_sum(xr, cols);
       // (x - max) - log(sum): x - max is exact for the large terms, which m + log(sum) is not.
-      const V shift(m), log_sum(std::log(row_ops::exp_sum(xr, cols, m, static_cast<T*>(nullptr))));
+      const V shift(m), log_sum(std::log(sum));
       row_ops::for_each_packet<T>(cols, [&](index_t i, int lanes) {
         row_ops::store(yr + i, (row_ops::load(xr + i, lanes) - shift) - log_sum, lanes);
       });
@@ -289,10 +309,8 @@ void cross_entropy_forward(const T* logits, const index_t* targets, index_t rows
   parallel_for(0, rows, row_ops::rows_per_task(classes), [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) {
       const T* xr = logits + r * classes;
-      const T m = row_ops::max_of(xr, classes);
-      const double row_lse =
-          static_cast<double>(m) +
-          std::log(static_cast<double>(row_ops::exp_sum(xr, classes, m, static_cast<T*>(nullptr))));
+      const auto [m, sum] = row_ops::max_and_exp_sum(xr, classes);
+      const double row_lse = static_cast<double>(m) + std::log(static_cast<double>(sum));
       if (lse) lse[r] = static_cast<T>(row_lse);
       const index_t t = targets[r];
       if (t == ignore_index) {
