@@ -28,9 +28,10 @@
 // (j <= i + Tk - Tq) that decoding with a KV cache wants. Every query sees key 0, so no row is
 // ever fully masked.
 //
-// Never more than one block of block_q x block_k scores is held per thread. The forward
-// threads over (B * H, query blocks); the backward over (B * H, slices of key blocks), each
-// task owning the gk/gv rows of its key blocks. Results do not depend on the number of threads.
+// Never more than a block_q x block_k block of scores (two in the backward: P and dS) is held
+// per thread. The forward threads over (B * H, query blocks); the backward over (B * H, slices
+// of key blocks), each task owning the gk/gv rows of its key blocks. Results do not depend on
+// the number of threads.
 
 namespace kiln::backend::cpu {
 
@@ -71,8 +72,8 @@ T attention_default_scale(index_t head_dim) {
 // Forward (FlashAttention-2, Dao 2023, Algorithm 1): for each block of queries, walk the key
 // blocks keeping per row the running maximum m, the running sum l of exp(s - m) and the
 // unnormalised output O; a new key block with scores S updates
-//   m' = max(m, rowmax S),  P = exp(S - m'),  l' = e^(m - m') l + rowsum P,  O' = e^(m - m') O + P
-//   V,
+//   m' = max(m, rowmax S),  P = exp(S - m'),  l' = e^(m - m') l + rowsum P,
+//   O' = e^(m - m') O + P V,
 // and at the end out = O / l, lse = m + log l (the row's log-sum-exp, kept for the backward;
 // lse may be null).
 template <class T>

@@ -422,10 +422,10 @@ void group_norm_forward(const T* x, const std::type_identity_t<T>* weight,
 // Backward of group_norm_forward from the saved mean and rstd [N, G]. The group is a layer
 // norm over its M = C/G * HW elements with g = gy * weight[c], so (see layer_norm_backward)
 //   gx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-//      = rstd * weight[c] * gy + (x - mean) * (-rstd^3 * sum(g * (x - mean)) / M) - rstd * sum(g) /
-//      M,
-// where sum(g) = sum_c weight[c] * sum_hw(gy) and sum(g (x - mean)) = sum_c weight[c] * sum_hw(gy
-// (x - mean));
+//      = rstd * weight[c] * gy + (x - mean) * k2 + k1,
+//   k2 = -rstd^3 * sum(g * (x - mean)) / M,   k1 = -rstd * sum(g) / M,
+// where sum(g) = sum_c weight[c] * sum_hw(gy) and
+//       sum(g * (x - mean)) = sum_c weight[c] * sum_hw(gy * (x - mean));
 //   gw[c] = sum_n rstd * sum_hw(gy * (x - mean)),   gb[c] = sum_n sum_hw(gy),
 // the per-sample terms joined in sample order. Any of gx, gw, gb may be null.
 template <class T>
@@ -592,8 +592,8 @@ void batch_norm_forward_eval(const T* x, const std::type_identity_t<T>* weight,
 // Backward of batch_norm_forward_training from save_mean and save_rstd [C]. Per channel this is
 // a layer norm over its M = N * HW values with g = gy * weight[c] (see layer_norm_backward):
 //   gx = weight[c] * rstd * (gy - sum(gy) / M - xhat * sum(gy * xhat) / M)
-//      = weight[c] * rstd * gy + (x - mean) * (-weight[c] * rstd^3 * S / M) - weight[c] * rstd *
-//      sum(gy) / M,
+//      = weight[c] * rstd * gy + (x - mean) * k2 + k1,
+//   k2 = -weight[c] * rstd^3 * S / M,   k1 = -weight[c] * rstd * sum(gy) / M,
 //   gw[c] = rstd * S,  gb[c] = sum(gy),  with S = sum(gy * (x - mean)) over the channel.
 // The running statistics do not enter (they receive no gradient). Any of gx, gw, gb may be null.
 template <class T>

@@ -185,8 +185,8 @@ inline void check_rows_cols(const char* op, index_t rows, index_t cols) {
 
 // ================================================================================== softmax
 
-// y = softmax(x) over the last axis of [rows, cols]: y_i = exp(x_i - max x) / sum_j exp(x_j - max
-// x).
+// y = softmax(x) over the last axis of [rows, cols]:
+//   y_i = exp(x_i - max x) / sum_j exp(x_j - max x).
 template <class T>
 void softmax_forward(const T* x, index_t rows, index_t cols, T* y) {
   row_ops::check_type<T>();
@@ -202,8 +202,8 @@ void softmax_forward(const T* x, index_t rows, index_t cols, T* y) {
 }
 
 // Backward of softmax_forward from its output y. With y_i = e^(x_i) / sum_j e^(x_j),
-// d y_i / d x_k = y_i (delta_ik - y_k), so gx_k = sum_i gy_i y_i (delta_ik - y_k) = y_k (gy_k -
-// sum_i gy_i y_i).
+// d y_i / d x_k = y_i (delta_ik - y_k), so
+//   gx_k = sum_i gy_i y_i (delta_ik - y_k) = y_k (gy_k - sum_i gy_i y_i).
 template <class T>
 void softmax_backward(const T* gy, const T* y, index_t rows, index_t cols,
                       std::type_identity_t<T>* gx) {
