@@ -12,6 +12,8 @@ namespace kiln {
 
 namespace detail {
 
+inline constexpr int reduce_over_all = -1000;
+
 // The gradient of a reduction broadcast back to the input's shape: g with the reduced axis
 // re-inserted (axis < 0: a reduction over all elements).
 template <class T, class D>
@@ -26,7 +28,8 @@ template <class T, class D>
 void record_reduction(const char* op, Reduction kind, const Tensor<T, D>& x, Tensor<T, D>& out, int axis,
                       bool keepdim, double correction) {
   if (!x.tracks_grad() || !grad_mode_enabled()) return;
-  const int ax = (axis < 0 || x.dim() == 0) ? -1 : normalize_axis(op, axis, x.dim());
+  // axis == reduce_over_all (or a 0-d input): the reduction ran over every element.
+  const int ax = (axis == reduce_over_all || x.dim() == 0) ? -1 : normalize_axis(op, axis, x.dim());
   const Shape shape = x.shape();
   const index_t R = ax < 0 ? x.numel() : shape.dims[ax];
   switch (kind) {
@@ -61,7 +64,7 @@ void record_reduction(const char* op, Reduction kind, const Tensor<T, D>& x, Ten
         Tensor<T, D> centered;
         if (ax < 0) {
           Tensor<T, D> mu = reduce_all("mean", Reduction::mean, x);
-          record_reduction("mean", Reduction::mean, x, mu, -1, false, 0.0);
+          record_reduction("mean", Reduction::mean, x, mu, reduce_over_all, false, 0.0);
           centered = Tensor<T, D>(x - mu.expand(shape));
         } else {
           Tensor<T, D> mu = reduce_axis("mean", Reduction::mean, x, ax, true);
@@ -75,7 +78,13 @@ void record_reduction(const char* op, Reduction kind, const Tensor<T, D>& x, Ten
     case Reduction::logsumexp:
       // d/dx_i log Σ exp(x) = exp(x_i − lse) (the softmax).
       record(op, out, {x}, [x, shape, ax, keepdim, out_detached = out.detach()](const Tensor<T, D>& g, const auto&) {
+        // Differentiable again (create_graph): recompute lse as a tracked op of x.
         Tensor<T, D> lse = out_detached;
+        if (grad_mode_enabled()) {
+          lse = ax < 0 ? reduce_all("logsumexp", Reduction::logsumexp, x)
+                       : reduce_axis("logsumexp", Reduction::logsumexp, x, ax, keepdim);
+          record_reduction("logsumexp", Reduction::logsumexp, x, lse, ax < 0 ? reduce_over_all : ax, keepdim, 0.0);
+        }
         return std::vector<Tensor<T, D>>{
             Tensor<T, D>(unreduce(g, shape, ax, keepdim) * exp(x - unreduce(lse, shape, ax, keepdim)))};
       });
@@ -87,14 +96,14 @@ template <TensorOrExpr E>
 auto tracked_reduce_all(const char* op, Reduction kind, const E& x, double correction = 1) {
   auto c = materialize(x);
   auto out = reduce_all(op, kind, c, correction);
-  record_reduction(op, kind, c, out, -1, false, correction);
+  record_reduction(op, kind, c, out, reduce_over_all, false, correction);
   return out;
 }
 template <TensorOrExpr E>
 auto tracked_reduce_axis(const char* op, Reduction kind, const E& x, int axis, bool keepdim, double correction = 1) {
   auto c = materialize(x);
   auto out = reduce_axis(op, kind, c, axis, keepdim, correction);
-  record_reduction(op, kind, c, out, c.dim() == 0 ? -1 : axis, keepdim, correction);
+  record_reduction(op, kind, c, out, c.dim() == 0 ? reduce_over_all : axis, keepdim, correction);
   return out;
 }
 
