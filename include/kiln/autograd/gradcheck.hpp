@@ -1,8 +1,9 @@
 // kiln/autograd/gradcheck.hpp — gradcheck and gradgradcheck: compare the gradients autograd
 // computes with central finite differences in float64, for kiln's ops and for users' own.
-// Builds on autograd/graph.hpp and ops/reduce.hpp.
+// Builds on autograd/graph.hpp, ops/reduce.hpp and the CPU backend (checks run in float64 on the CPU).
 #pragma once
 
+#include <kiln/backend/cpu/backend.hpp>
 #include <kiln/autograd/graph.hpp>
 #include <kiln/core/factories.hpp>
 #include <kiln/ops/reduce.hpp>
