@@ -147,7 +147,6 @@ TEST_CASE("Sequential names its modules 0, 1, 2, ...") {
 }
 
 TEST_CASE("registration errors") {
-  kiln::Rng rng(3);
   nn::Module m;
   m.register_parameter("w", kiln::zeros<float>({2}));
   CHECK_THROWS_WITH(m.register_parameter("w", kiln::zeros<float>({2})), doctest::Contains("'w' is already a parameter"));
@@ -266,12 +265,16 @@ TEST_CASE("frozen parameters get no gradient; unfreeze restores the same autogra
   auto x = kiln::randn<float>({3, 4}, rng);
   auto held = net.parameters();
   kiln::sum(net.forward(x)).backward();
-  for (const auto& [name, p] : net.named_parameters()) {
+  for (const auto& named : net.named_parameters()) {
+    const std::string& name = named.first;
+    const auto& p = named.second;
     CAPTURE(name);
     CHECK(p.grad().defined());
   }
   CHECK(net.freeze("encoder") == 4);
-  for (const auto& [name, p] : net.named_parameters()) {
+  for (const auto& named : net.named_parameters()) {
+    const std::string& name = named.first;
+    const auto& p = named.second;
     CAPTURE(name);
     const bool frozen = name.rfind("encoder.", 0) == 0;
     CHECK(p.tracks_grad() == !frozen);
@@ -281,7 +284,9 @@ TEST_CASE("frozen parameters get no gradient; unfreeze restores the same autogra
   CHECK(net.num_parameters(true) == 1 + 8 * 3 + 3);
   net.zero_grad();
   kiln::sum(net.forward(x)).backward();
-  for (const auto& [name, p] : net.named_parameters()) {
+  for (const auto& named : net.named_parameters()) {
+    const std::string& name = named.first;
+    const auto& p = named.second;
     CAPTURE(name);
     CHECK(p.grad().defined() == (name.rfind("encoder.", 0) != 0));
   }
@@ -314,7 +319,9 @@ TEST_CASE("train and eval reach every descendant") {
   Net net(rng);
   for (const auto& [name, m] : net.named_modules()) CHECK(m->is_training());
   net.eval();
-  for (const auto& [name, m] : net.named_modules()) {
+  for (const auto& named : net.named_modules()) {
+    const std::string& name = named.first;
+    const auto& m = named.second;
     CAPTURE(name);
     CHECK_FALSE(m->is_training());
   }

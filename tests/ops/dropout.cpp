@@ -4,7 +4,6 @@
 #include <doctest/doctest.h>
 
 #include <kiln/kiln.hpp>
-// gradcheck.hpp uses Backend<cpu> in non-template functions: kiln.hpp must come first.
 #include <kiln/autograd/gradcheck.hpp>
 #include <kiln/nn/dropout.hpp>
 #include <kiln/ops/dropout.hpp>
