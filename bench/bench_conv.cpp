@@ -92,8 +92,7 @@ void BM_conv(benchmark::State& state, const Layer& layer, Pass pass) {
       if (pass == backward_weight) cpu::conv2d_backward_weight(p, x.data(), y.data(), gw.data());
     } else {
       const auto p = layer.conv_transpose();
-      if (pass == forward)
-        cpu::conv_transpose2d_forward(p, x.data(), w.data(), b.data(), y.data());
+      if (pass == forward) cpu::conv_transpose2d_forward(p, x.data(), w.data(), b.data(), y.data());
       if (pass == backward_input)
         cpu::conv_transpose2d_backward_input(p, y.data(), w.data(), gx.data());
       if (pass == backward_weight)

@@ -24,7 +24,9 @@ struct Lcg {
     s = s * 6364136223846793005ULL + 1442695040888963407ULL;
     return s >> 17;
   }
-  double uniform() { return static_cast<double>(bits() % (1ULL << 40)) / double(1ULL << 40) * 2 - 1; }
+  double uniform() {
+    return static_cast<double>(bits() % (1ULL << 40)) / double(1ULL << 40) * 2 - 1;
+  }
   index_t range(index_t lo, index_t hi) {  // inclusive
     return lo + static_cast<index_t>(bits() % static_cast<std::uint64_t>(hi - lo + 1));
   }
@@ -89,7 +91,8 @@ std::vector<double> reference_conv_transpose2d(const cpu::ConvTranspose2dParams&
     for (index_t co = 0; co < p.C_out; ++co)
       for (index_t i = 0; i < Ho * Wo; ++i) {
         y[static_cast<std::size_t>((n * p.C_out + co) * Ho * Wo + i)] = bias ? bias[co] : 0.0;
-        m[static_cast<std::size_t>((n * p.C_out + co) * Ho * Wo + i)] = bias ? std::fabs(bias[co]) : 0.0;
+        m[static_cast<std::size_t>((n * p.C_out + co) * Ho * Wo + i)] =
+            bias ? std::fabs(bias[co]) : 0.0;
       }
   for (index_t n = 0; n < p.N; ++n)
     for (index_t ci = 0; ci < p.C_in; ++ci)
@@ -382,10 +385,10 @@ TEST_CASE("conv_transpose2d: 2x2 input, 2x2 all-ones kernel, by hand") {
   const float bias = -1;
   y.assign(25, 0);
   cpu::conv_transpose2d_forward<float>(p, x.data(), w.data(), &bias, y.data());
-  CHECK(y == std::vector<float>{0, 0, 1, 1, -1,  //
-                                0, 0, 1, 1, -1,  //
-                                2, 2, 3, 3, -1,  //
-                                2, 2, 3, 3, -1,  //
+  CHECK(y == std::vector<float>{0,  0,  1,  1,  -1,  //
+                                0,  0,  1,  1,  -1,  //
+                                2,  2,  3,  3,  -1,  //
+                                2,  2,  3,  3,  -1,  //
                                 -1, -1, -1, -1, -1});
 }
 
@@ -444,6 +447,17 @@ TEST_CASE("conv2d on larger images: multi-image blocks, row chunks, 1x1, 1 to 3 
     shapes.push_back(p);
   }
   {
+    cpu::Conv2dParams p;  // many output channels: pixel-major GEMMs, several images per block
+    p.N = 3, p.C_in = 8, p.H = p.W = 11, p.C_out = 40, p.KH = p.KW = 3, p.pad_h = p.pad_w = 1;
+    shapes.push_back(p);
+  }
+  {
+    cpu::Conv2dParams p;  // pixel-major GEMMs over row chunks, two groups
+    p.N = 1, p.C_in = 16, p.H = p.W = 40, p.C_out = 64, p.KH = p.KW = 3, p.pad_h = p.pad_w = 1;
+    p.groups = 2;
+    shapes.push_back(p);
+  }
+  {
     cpu::Conv2dParams p;  // stride 2 over rows wider than two packets, odd sizes
     p.N = 3, p.C_in = 5, p.H = 37, p.W = 35, p.C_out = 4, p.KH = p.KW = 3;
     p.stride_h = p.stride_w = 2, p.pad_h = p.pad_w = 1;
@@ -461,6 +475,18 @@ TEST_CASE("conv2d on larger images: multi-image blocks, row chunks, 1x1, 1 to 3 
       q.KH = p.KH, q.KW = p.KW, q.stride_h = p.stride_h, q.stride_w = p.stride_w;
       q.pad_h = p.pad_h, q.pad_w = p.pad_w, q.groups = p.groups;
       check_conv_transpose_forward<float>(q, rng, 1e-5);
+      // Its input gradient runs the Conv2d forward; with accumulate it adds onto gx.
+      const auto gy = cast<float>(random_values(q.N * q.C_out * q.H_out() * q.W_out(), rng));
+      const auto w = cast<float>(random_values(q.C_in * (q.C_out / q.groups) * q.KH * q.KW, rng));
+      std::vector<float> gx(static_cast<std::size_t>(q.N * q.C_in * q.H * q.W), 9.0f),
+          acc(gx.size(), 1.0f);
+      cpu::conv_transpose2d_backward_input<float>(q, gy.data(), w.data(), gx.data());
+      cpu::conv_transpose2d_backward_input<float>(q, gy.data(), w.data(), acc.data(), true);
+      double worst = 0;
+      for (std::size_t i = 0; i < gx.size(); ++i)
+        worst = std::max(worst, std::fabs(double(acc[i]) - 1.0 - double(gx[i])) /
+                                    (1 + std::fabs(double(gx[i]))));
+      CHECK(worst <= 1e-5);
     }
   }
 }
@@ -484,6 +510,12 @@ TEST_CASE("conv2d backward on larger images: adjoint identities and thread-count
   {
     cpu::Conv2dParams p;
     p.N = 3, p.C_in = 4, p.H = 70, p.W = 66, p.C_out = 6, p.groups = 2;
+    shapes.push_back(p);
+  }
+  {
+    cpu::Conv2dParams p;
+    p.N = 7, p.C_in = 16, p.H = p.W = 14, p.C_out = 48, p.KH = p.KW = 4;
+    p.stride_h = p.stride_w = 2, p.pad_h = p.pad_w = 1, p.groups = 2;
     shapes.push_back(p);
   }
   {
@@ -548,8 +580,8 @@ TEST_CASE("conv2d and conv_transpose2d reject bad parameters with a sentence") {
                        kiln::ShapeError);
   q = p;
   q.KH = 8;
-  CHECK_THROWS_WITH_AS(q.validate("conv2d"),
-                       doctest::Contains("larger than the padded input 5x5"), kiln::ShapeError);
+  CHECK_THROWS_WITH_AS(q.validate("conv2d"), doctest::Contains("larger than the padded input 5x5"),
+                       kiln::ShapeError);
   q = p;
   q.dilation_w = 3;  // effective width 7 > 5
   CHECK_THROWS_AS(q.validate("conv2d"), kiln::ShapeError);

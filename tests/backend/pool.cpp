@@ -25,7 +25,9 @@ struct Lcg {
     s = s * 6364136223846793005ULL + 1442695040888963407ULL;
     return s >> 17;
   }
-  double uniform() { return static_cast<double>(bits() % (1ULL << 40)) / double(1ULL << 40) * 2 - 1; }
+  double uniform() {
+    return static_cast<double>(bits() % (1ULL << 40)) / double(1ULL << 40) * 2 - 1;
+  }
   index_t range(index_t lo, index_t hi) {
     return lo + static_cast<index_t>(bits() % static_cast<std::uint64_t>(hi - lo + 1));
   }
@@ -144,9 +146,11 @@ std::vector<double> reference_adaptive(const cpu::AdaptivePool2dParams& p,
     for (index_t oh = 0; oh < p.H_out; ++oh)
       for (index_t ow = 0; ow < p.W_out; ++ow) {
         const index_t h0 = static_cast<index_t>(std::floor(double(oh * p.H) / double(p.H_out)));
-        const index_t h1 = static_cast<index_t>(std::ceil(double((oh + 1) * p.H) / double(p.H_out)));
+        const index_t h1 =
+            static_cast<index_t>(std::ceil(double((oh + 1) * p.H) / double(p.H_out)));
         const index_t w0 = static_cast<index_t>(std::floor(double(ow * p.W) / double(p.W_out)));
-        const index_t w1 = static_cast<index_t>(std::ceil(double((ow + 1) * p.W) / double(p.W_out)));
+        const index_t w1 =
+            static_cast<index_t>(std::ceil(double((ow + 1) * p.W) / double(p.W_out)));
         double sum = 0;
         for (index_t ih = h0; ih < h1; ++ih)
           for (index_t iw = w0; iw < w1; ++iw)
@@ -158,7 +162,8 @@ std::vector<double> reference_adaptive(const cpu::AdaptivePool2dParams& p,
 }
 
 // Bilinear resize in double from PyTorch's source-coordinate formula.
-std::vector<double> reference_bilinear(const cpu::Upsample2dParams& p, const std::vector<double>& x) {
+std::vector<double> reference_bilinear(const cpu::Upsample2dParams& p,
+                                       const std::vector<double>& x) {
   auto source = [&](index_t dst, index_t in, index_t out) {
     if (p.align_corners) return out > 1 ? double(dst) * double(in - 1) / double(out - 1) : 0.0;
     return std::max(0.0, (double(dst) + 0.5) * double(in) / double(out) - 0.5);
@@ -170,7 +175,8 @@ std::vector<double> reference_bilinear(const cpu::Upsample2dParams& p, const std
         const double sh = source(oh, p.H, p.H_out), sw = source(ow, p.W, p.W_out);
         const index_t h0 = std::min<index_t>(static_cast<index_t>(sh), p.H - 1);
         const index_t w0 = std::min<index_t>(static_cast<index_t>(sw), p.W - 1);
-        const index_t h1 = std::min<index_t>(h0 + 1, p.H - 1), w1 = std::min<index_t>(w0 + 1, p.W - 1);
+        const index_t h1 = std::min<index_t>(h0 + 1, p.H - 1),
+                      w1 = std::min<index_t>(w0 + 1, p.W - 1);
         const double fh = sh - double(h0), fw = sw - double(w0);
         auto at = [&](index_t h, index_t w) {
           return x[static_cast<std::size_t>(plane * p.H * p.W + h * p.W + w)];
@@ -216,7 +222,8 @@ std::string describe(const cpu::Pool2dParams& p) {
 
 // ---------------------------------------------------------------------------------- PyTorch cases
 // The expected values below are PyTorch 1.13's outputs, from
-//   y = torch.tensor([[3.,1,4,1,5],[9,2,6,5,3],[5,8,9,7,9],[3,2,3,8,4],[6,2,6,4,3]]).reshape(1,1,5,5)
+//   y =
+//   torch.tensor([[3.,1,4,1,5],[9,2,6,5,3],[5,8,9,7,9],[3,2,3,8,4],[6,2,6,4,3]]).reshape(1,1,5,5)
 //   F.max_pool2d(y, 2, 2, 1, 1, ceil_mode=True, return_indices=True), etc., and
 //   x = torch.arange(9.).reshape(1,1,3,3); F.interpolate(x, size=..., mode=..., align_corners=...).
 namespace {
@@ -295,20 +302,22 @@ TEST_CASE("avg_pool2d matches PyTorch: ceil_mode with and without count_include_
   REQUIRE(p.H_out() == 3);
   std::vector<double> y(9);
   cpu::avg_pool2d_forward<double>(p, pool_input.data(), y.data());
-  check_near(y, {1.6666666666666667, 2.111111111111111, 1.5555555555555556, 3.2222222222222223,
-                 5.555555555555555, 4.0, 1.4444444444444444, 2.7777777777777777,
-                 2.111111111111111},
+  check_near(y,
+             {1.6666666666666667, 2.111111111111111, 1.5555555555555556, 3.2222222222222223,
+              5.555555555555555, 4.0, 1.4444444444444444, 2.7777777777777777, 2.111111111111111},
              1e-15, "count_include_pad");
   p.count_include_pad = false;
   cpu::avg_pool2d_forward<double>(p, pool_input.data(), y.data());
-  check_near(y, {3.75, 3.1666666666666665, 3.5, 4.833333333333333, 5.555555555555555, 6.0, 3.25,
-                 4.166666666666667, 4.75},
+  check_near(y,
+             {3.75, 3.1666666666666665, 3.5, 4.833333333333333, 5.555555555555555, 6.0, 3.25,
+              4.166666666666667, 4.75},
              1e-15, "exclude pad");
   auto q = pool5(2, 2, 1, 1, false);
   q.divisor_override = 3;
   cpu::avg_pool2d_forward<double>(q, pool_input.data(), y.data());
-  check_near(y, {1.0, 1.6666666666666667, 2.0, 4.666666666666667, 8.333333333333334, 8.0, 3.0,
-                 4.333333333333333, 6.333333333333333},
+  check_near(y,
+             {1.0, 1.6666666666666667, 2.0, 4.666666666666667, 8.333333333333334, 8.0, 3.0,
+              4.333333333333333, 6.333333333333333},
              1e-15, "divisor_override");
 
   cpu::AdaptivePool2dParams a;
@@ -316,9 +325,9 @@ TEST_CASE("avg_pool2d matches PyTorch: ceil_mode with and without count_include_
   a.H_out = 3, a.W_out = 2;
   std::vector<double> z(6);
   cpu::adaptive_avg_pool2d_forward<double>(a, pool_input.data(), z.data());
-  check_near(z, {4.166666666666667, 4.0, 5.222222222222222, 6.0, 3.6666666666666665,
-                 4.666666666666667},
-             1e-15, "adaptive_avg_pool2d 5x5 -> 3x2");
+  check_near(
+      z, {4.166666666666667, 4.0, 5.222222222222222, 6.0, 3.6666666666666665, 4.666666666666667},
+      1e-15, "adaptive_avg_pool2d 5x5 -> 3x2");
 }
 
 TEST_CASE("upsampling matches PyTorch: nearest and bilinear, both align_corners") {
@@ -334,22 +343,22 @@ TEST_CASE("upsampling matches PyTorch: nearest and bilinear, both align_corners"
       cpu::upsample_nearest2d_forward<double>(p, arange9.data(), y.data());
     return y;
   };
-  CHECK(run(5, 7, false, false) ==
-        std::vector<double>{0, 0, 0, 1, 1, 2, 2, 0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 4,
-                            4, 5, 5, 3, 3, 3, 4, 4, 5, 5, 6, 6, 6, 7, 7, 8, 8});
+  CHECK(run(5, 7, false, false) == std::vector<double>{0, 0, 0, 1, 1, 2, 2, 0, 0, 0, 1, 1,
+                                                       2, 2, 3, 3, 3, 4, 4, 5, 5, 3, 3, 3,
+                                                       4, 4, 5, 5, 6, 6, 6, 7, 7, 8, 8});
   CHECK(run(2, 2, false, false) == std::vector<double>{0, 1, 3, 4});
-  CHECK(run(6, 6, false, false) ==
-        std::vector<double>{0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5,
-                            3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 6, 6, 7, 7, 8, 8});
+  CHECK(run(6, 6, false, false) == std::vector<double>{0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2,
+                                                       3, 3, 4, 4, 5, 5, 3, 3, 4, 4, 5, 5,
+                                                       6, 6, 7, 7, 8, 8, 6, 6, 7, 7, 8, 8});
   check_near(run(5, 4, false, true),
-             {0.0, 0.625, 1.375, 2.0, 1.2, 1.825, 2.575, 3.2, 3.0, 3.625, 4.375, 5.0, 4.8, 5.425,
-              6.175, 6.8, 6.0, 6.625, 7.375, 8.0},
+             {0.0,   0.625, 1.375, 2.0,   1.2,   1.825, 2.575, 3.2,   3.0,   3.625,
+              4.375, 5.0,   4.8,   5.425, 6.175, 6.8,   6.0,   6.625, 7.375, 8.0},
              1e-14, "bilinear align_corners=False");
-  check_near(run(5, 4, true, true),
-             {0.0, 0.6666666666666666, 1.3333333333333333, 2.0, 1.5, 2.1666666666666665,
-              2.833333333333333, 3.5, 3.0, 3.6666666666666665, 4.333333333333333, 5.0, 4.5,
-              5.166666666666667, 5.833333333333333, 6.5, 6.0, 6.666666666666666,
-              7.333333333333333, 8.0},
+  check_near(run(5, 4, true, true), {0.0, 0.6666666666666666, 1.3333333333333333, 2.0,
+                                     1.5, 2.1666666666666665, 2.833333333333333,  3.5,
+                                     3.0, 3.6666666666666665, 4.333333333333333,  5.0,
+                                     4.5, 5.166666666666667,  5.833333333333333,  6.5,
+                                     6.0, 6.666666666666666,  7.333333333333333,  8.0},
              1e-14, "bilinear align_corners=True");
   check_near(run(2, 2, false, true), {1.0, 2.5, 5.5, 7.0}, 1e-14, "bilinear downscale");
   // A 1x2 row [0, 1] doubled: [0, 0.25, 0.75, 1] (align_corners=False), [0, 1/3, 2/3, 1] (True).
@@ -518,8 +527,7 @@ TEST_CASE("upsampling against the formulas and finite differences, random sizes"
       cpu::upsample_bilinear2d_forward<double>(p, v.data(), out.data());
       return dot(out, r);
     };
-    check_near(gx, numeric_gradient(x, bilinear_loss, 1e-3), 1e-9,
-               "upsample_bilinear2d_backward");
+    check_near(gx, numeric_gradient(x, bilinear_loss, 1e-3), 1e-9, "upsample_bilinear2d_backward");
   }
 }
 

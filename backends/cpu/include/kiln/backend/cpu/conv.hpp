@@ -33,8 +33,8 @@ inline std::string size_pair(index_t a, index_t b) {
 
 inline void require_at_least(const char* op, index_t value, index_t minimum, const char* name) {
   if (value < minimum)
-    throw_value_error(op, std::string(name) + " must be >= " + std::to_string(minimum) +
-                              ", got " + std::to_string(value));
+    throw_value_error(op, std::string(name) + " must be >= " + std::to_string(minimum) + ", got " +
+                              std::to_string(value));
 }
 
 }  // namespace conv_detail
@@ -42,7 +42,8 @@ inline void require_at_least(const char* op, index_t value, index_t minimum, con
 // A 2-D convolution as PyTorch's Conv2d computes it: x [N, C_in, H, W] and weight
 // [C_out, C_in/groups, KH, KW] give y [N, C_out, H_out, W_out], with
 // y[n, co, oh, ow] = sum over ci in co's group, kh, kw of
-//   w[co, ci, kh, kw] · x[n, ci, oh·stride_h - pad_h + kh·dilation_h, ow·stride_w - pad_w + kw·dilation_w]
+//   w[co, ci, kh, kw] · x[n, ci, oh·stride_h - pad_h + kh·dilation_h, ow·stride_w - pad_w +
+//   kw·dilation_w]
 // (zero outside the input).
 struct Conv2dParams {
   index_t N = 1, C_in = 1, H = 1, W = 1, C_out = 1, KH = 1, KW = 1;
@@ -64,9 +65,8 @@ struct Conv2dParams {
     using conv_detail::size_pair;
     return "input " + to_string(Shape{N, C_in, H, W}) + ", weight " +
            to_string(Shape{C_out, groups > 0 ? C_in / groups : C_in, KH, KW}) + ", stride " +
-           size_pair(stride_h, stride_w) + ", padding " + size_pair(pad_h, pad_w) +
-           ", dilation " + size_pair(dilation_h, dilation_w) + ", groups " +
-           std::to_string(groups);
+           size_pair(stride_h, stride_w) + ", padding " + size_pair(pad_h, pad_w) + ", dilation " +
+           size_pair(dilation_h, dilation_w) + ", groups " + std::to_string(groups);
   }
 
   // Throws ValueError for sizes, strides or dilations below 1 and negative padding, and
@@ -90,8 +90,9 @@ struct Conv2dParams {
     require_at_least(op, groups, 1, "groups");
     const std::string prefix = std::string("kiln::") + op + ": ";
     if (C_in % groups != 0)
-      throw ShapeError(prefix + "C_in = " + std::to_string(C_in) + " is not divisible by groups = " +
-                       std::to_string(groups) + " (" + describe() + ")");
+      throw ShapeError(prefix + "C_in = " + std::to_string(C_in) +
+                       " is not divisible by groups = " + std::to_string(groups) + " (" +
+                       describe() + ")");
     if (C_out % groups != 0)
       throw ShapeError(prefix + "C_out = " + std::to_string(C_out) +
                        " is not divisible by groups = " + std::to_string(groups) + " (" +
@@ -156,14 +157,14 @@ struct ConvTranspose2dParams {
     require_at_least(op, groups, 1, "groups");
     if (output_padding_h >= std::max(stride_h, dilation_h) ||
         output_padding_w >= std::max(stride_w, dilation_w))
-      throw_value_error(op, "output_padding " +
-                                conv_detail::size_pair(output_padding_h, output_padding_w) +
-                                " must be smaller than either the stride or the dilation (" +
-                                describe() + ")");
+      throw_value_error(
+          op, "output_padding " + conv_detail::size_pair(output_padding_h, output_padding_w) +
+                  " must be smaller than either the stride or the dilation (" + describe() + ")");
     const std::string prefix = std::string("kiln::") + op + ": ";
     if (C_in % groups != 0)
-      throw ShapeError(prefix + "C_in = " + std::to_string(C_in) + " is not divisible by groups = " +
-                       std::to_string(groups) + " (" + describe() + ")");
+      throw ShapeError(prefix + "C_in = " + std::to_string(C_in) +
+                       " is not divisible by groups = " + std::to_string(groups) + " (" +
+                       describe() + ")");
     if (C_out % groups != 0)
       throw ShapeError(prefix + "C_out = " + std::to_string(C_out) +
                        " is not divisible by groups = " + std::to_string(groups) + " (" +
@@ -195,17 +196,15 @@ struct Geometry {
 };
 
 inline Geometry geometry(const Conv2dParams& p) {
-  return {p.N,        p.C_in,     p.H,          p.W,          p.C_out,    p.KH,
-          p.KW,       p.stride_h, p.stride_w,   p.pad_h,      p.pad_w,    p.dilation_h,
-          p.dilation_w, p.groups, p.H_out(),    p.W_out()};
+  return {p.N,        p.C_in,  p.H,     p.W,          p.C_out,      p.KH,     p.KW,      p.stride_h,
+          p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w, p.groups, p.H_out(), p.W_out()};
 }
 
 // The convolution whose adjoint the transposed convolution is: from the transposed output
 // [N, C_out, H_out, W_out] to the transposed input [N, C_in, H, W].
 inline Geometry geometry(const ConvTranspose2dParams& p) {
-  return {p.N,          p.C_out,    p.H_out(),  p.W_out(),  p.C_in,     p.KH,
-          p.KW,         p.stride_h, p.stride_w, p.pad_h,    p.pad_w,    p.dilation_h,
-          p.dilation_w, p.groups,   p.H,        p.W};
+  return {p.N,        p.C_out, p.H_out(), p.W_out(),    p.C_in,       p.KH,     p.KW, p.stride_h,
+          p.stride_w, p.pad_h, p.pad_w,   p.dilation_h, p.dilation_w, p.groups, p.H,  p.W};
 }
 
 // ------------------------------------------------------------------------------ scratch
@@ -250,17 +249,29 @@ struct Plan {
   bool parallel_blocks = false;  // blocks on separate threads, each running serial GEMMs
 };
 
-// `bytes_per_col`: scratch bytes per column; `threads` = 1 gives a plan that does not depend
-// on the thread count.
-inline Plan make_plan(const Geometry& g, index_t bytes_per_col, index_t budget_bytes,
-                      index_t min_cols, index_t max_cols, int threads) {
+// `elem_bytes`: sizeof(T); `bytes_per_col`: scratch bytes per column; `threads` = 1 gives a
+// plan that does not depend on the thread count.
+inline Plan make_plan(const Geometry& g, index_t elem_bytes, index_t bytes_per_col,
+                      index_t budget_bytes, index_t min_cols, index_t max_cols, int threads) {
   Plan plan;
   const index_t cols =
       std::clamp<index_t>(budget_bytes / std::max<index_t>(bytes_per_col, 1), min_cols, max_cols);
   const index_t plane = std::max<index_t>(g.out_plane(), 1);
   if (cols >= plane) {
     plan.rows_per_chunk = g.Ho;
-    plan.images_per_block = std::clamp<index_t>(cols / plane, 1, std::max<index_t>(g.N, 1));
+    // Near the budget, the image count whose column count wastes least of the GEMM's last
+    // register tile (column tiles are 64 or 128 bytes wide on x86).
+    const index_t target = std::clamp<index_t>(cols / plane, 1, std::max<index_t>(g.N, 1));
+    const index_t tile = std::max<index_t>(1, 128 / elem_bytes);
+    auto waste = [&](index_t images) {
+      const index_t n = images * plane;
+      return static_cast<double>((n + tile - 1) / tile * tile - n) / static_cast<double>(n);
+    };
+    index_t best = target;
+    for (index_t images = std::max<index_t>(1, target / 2);
+         images <= std::min<index_t>(g.N, target + target / 2); ++images)
+      if (waste(images) + 0.01 < waste(best)) best = images;
+    plan.images_per_block = best;
   } else {
     plan.rows_per_chunk = std::clamp<index_t>(cols / std::max<index_t>(g.Wo, 1), 1, g.Ho);
     plan.images_per_block = 1;
@@ -337,7 +348,8 @@ KILN_FORCEINLINE void copy_run(T* d, const T* s, index_t n) {
   using V = simd::Vec<T>;
   index_t j = 0;
   for (; j + V::size <= n; j += V::size) V::load(s + j).store(d + j);
-  if (j < n) V::load_partial(s + j, static_cast<int>(n - j)).store_partial(d + j, static_cast<int>(n - j));
+  if (j < n)
+    V::load_partial(s + j, static_cast<int>(n - j)).store_partial(d + j, static_cast<int>(n - j));
 }
 template <class T>
 KILN_FORCEINLINE void zero(T* d, index_t n) {
@@ -442,8 +454,10 @@ KILN_FORCEINLINE void deinterleave_row(const T* src, index_t n, T* even, T* odd)
   index_t j = 0;
 #if defined(KILN_SIMD_AVX512)
   if constexpr (std::is_same_v<T, float>) {
-    const __m512i pick_even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i pick_odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    const __m512i pick_even =
+        _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i pick_odd =
+        _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     for (; j < n; j += 32) {
       const index_t m = std::min<index_t>(32, n - j);
       const auto lo = static_cast<__mmask16>((1u << std::min<index_t>(m, 16)) - 1u);
@@ -471,15 +485,19 @@ KILN_FORCEINLINE void interleave_add_row(const T* even, const T* odd, index_t n,
 #if defined(KILN_SIMD_AVX512)
   if constexpr (std::is_same_v<T, float>) {
     const __m512i mix_lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    const __m512i mix_hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    const __m512i mix_hi =
+        _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
     for (; j < n; j += 32) {
       const index_t m = std::min<index_t>(32, n - j);
-      const __m512 e = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << ((m + 1) / 2)) - 1u), even + j / 2);
-      const __m512 o = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (m / 2)) - 1u), odd + j / 2);
+      const __m512 e =
+          _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << ((m + 1) / 2)) - 1u), even + j / 2);
+      const __m512 o =
+          _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (m / 2)) - 1u), odd + j / 2);
       const auto lo = static_cast<__mmask16>((1u << std::min<index_t>(m, 16)) - 1u);
       const auto hi = static_cast<__mmask16>((1u << std::max<index_t>(m - 16, 0)) - 1u);
-      _mm512_mask_storeu_ps(dst + j, lo, _mm512_add_ps(_mm512_maskz_loadu_ps(lo, dst + j),
-                                                       _mm512_permutex2var_ps(e, mix_lo, o)));
+      _mm512_mask_storeu_ps(
+          dst + j, lo,
+          _mm512_add_ps(_mm512_maskz_loadu_ps(lo, dst + j), _mm512_permutex2var_ps(e, mix_lo, o)));
       _mm512_mask_storeu_ps(dst + j + 16, hi,
                             _mm512_add_ps(_mm512_maskz_loadu_ps(hi, dst + j + 16),
                                           _mm512_permutex2var_ps(e, mix_hi, o)));
@@ -557,8 +575,7 @@ inline Tap phase_tap(const Geometry& g, index_t off_h, index_t off_w, index_t ro
 
 // The windows of every (kh, kw) for the chunk starting at output row oh0 (the same for every
 // channel and image).
-inline std::vector<Tap> chunk_taps(const Geometry& g, ColumnMode mode, index_t oh0,
-                                   index_t rows) {
+inline std::vector<Tap> chunk_taps(const Geometry& g, ColumnMode mode, index_t oh0, index_t rows) {
   std::vector<Tap> taps(static_cast<std::size_t>(g.KH * g.KW));
   for (index_t kh = 0; kh < g.KH; ++kh)
     for (index_t kw = 0; kw < g.KW; ++kw) {
@@ -646,11 +663,10 @@ void col2im(const Geometry& g, T* col, index_t ldcol, index_t images, index_t oh
 
 // Fills the column matrix of a chunk, in parallel over channels when not in a worker.
 template <class T>
-void fill_columns(const Geometry& g, const T* x, index_t images, index_t oh0, index_t rows,
-                  T* col, index_t cols) {
-  parallel_for(0, g.C_in, copy_grain(g.KH * g.KW * cols), [&](index_t b, index_t e) {
-    im2col(g, x, images, oh0, rows, col, cols, b, e);
-  });
+void fill_columns(const Geometry& g, const T* x, index_t images, index_t oh0, index_t rows, T* col,
+                  index_t cols) {
+  parallel_for(0, g.C_in, copy_grain(g.KH * g.KW * cols),
+               [&](index_t b, index_t e) { im2col(g, x, images, oh0, rows, col, cols, b, e); });
 }
 
 // dst[c][i·plane + p] = src[i][c][p] for `images` images of `channels` planes: several images'
@@ -671,21 +687,63 @@ void gather_planes(const T* src, index_t images, index_t channels, index_t plane
 inline constexpr index_t forward_budget_bytes = index_t{1} << 20;
 inline constexpr index_t weight_budget_bytes = index_t{4} << 20;
 
+// dst[c·ld_dst + q] (+)= src[q·ld_src + c] + (bias ? bias[c] : 0) for q < n, c < channels: an
+// output block computed pixel-major, written back channel-major, in tiles that stay in L1.
+template <class T>
+void transpose_out(const T* src, index_t ld_src, index_t n, index_t channels, const T* bias, T* dst,
+                   index_t ld_dst, bool accumulate, index_t c_begin, index_t c_end) {
+  constexpr index_t tile = 16;
+  for (index_t c0 = c_begin; c0 < c_end; c0 += tile) {
+    const index_t c1 = std::min(c0 + tile, c_end);
+    for (index_t q0 = 0; q0 < n; q0 += tile) {
+      const index_t q1 = std::min(q0 + tile, n);
+      for (index_t c = c0; c < c1; ++c) {
+        const T v = bias ? bias[c] : T(0);
+        T* d = dst + c * ld_dst;
+        const T* s = src + c;
+        if (accumulate) {
+          for (index_t q = q0; q < q1; ++q) d[q] += s[q * ld_src] + v;
+        } else {
+          for (index_t q = q0; q < q1; ++q) d[q] = s[q * ld_src] + v;
+        }
+      }
+    }
+  }
+  (void)channels;
+}
+
 // y = conv(x, w) + bias (bias may be null); adds to y instead when `accumulate`.
+// Per chunk and group, either y_g = W_g · col_g (channel-major: [C_out/groups, pixels], written
+// straight into y when the chunk is one image) or y_gᵀ = col_gᵀ · W_gᵀ (pixel-major: the GEMM's
+// rows are pixels, which tile with less waste when there are many output channels; W is
+// transposed once per call and the result transposed back into y).
 template <class T>
 void forward(const Geometry& g, const T* x, const T* w, const T* bias, T* y, bool accumulate) {
   if (g.N == 0) return;
   const index_t in_image = g.C_in * g.in_plane(), out_plane = g.out_plane();
   const index_t out_image = g.C_out * out_plane;
   const index_t K = g.col_rows(), Kg = g.group_k(), Mg = g.group_out();
-  const Plan plan =
-      make_plan(g, static_cast<index_t>(sizeof(T)) * (K + g.C_out), forward_budget_bytes, 128,
-                4096, current_threads());
+  const Plan plan = make_plan(g, sizeof(T), static_cast<index_t>(sizeof(T)) * (K + g.C_out),
+                              forward_budget_bytes, 128, 4096, current_threads());
+  const bool pixel_major = Mg >= 32 && Kg >= 64;  // else the transposes outweigh the gain
+  T* w_t = nullptr;
+  if (pixel_major) {
+    w_t = scratch<T, 4>(g.groups * Kg * Mg);
+    parallel_for(0, g.groups * Kg, copy_grain(Mg), [&](index_t b, index_t e) {
+      for (index_t r = b; r < e; ++r) {
+        const index_t gr = r / Kg, k = r % Kg;
+        const T* src = w + gr * Mg * Kg + k;
+        T* dst = w_t + r * Mg;
+        for (index_t m = 0; m < Mg; ++m) dst[m] = src[m * Kg];
+      }
+    });
+  }
   for_each_block(plan, g.N, [&](index_t n0, index_t n1) {
     const index_t images = n1 - n0;
     for (index_t oh0 = 0; oh0 < g.Ho; oh0 += plan.rows_per_chunk) {
       const index_t rows = std::min(plan.rows_per_chunk, g.Ho - oh0);
-      const index_t cols = images * rows * g.Wo;
+      const index_t chunk = rows * g.Wo;  // output pixels per image in this chunk
+      const index_t cols = images * chunk;
       const T* col;
       index_t ldcol;
       if (g.pointwise() && images == 1) {
@@ -696,6 +754,18 @@ void forward(const Geometry& g, const T* x, const T* w, const T* bias, T* y, boo
         fill_columns(g, x + n0 * in_image, images, oh0, rows, buffer, cols);
         col = buffer;
         ldcol = cols;
+      }
+      if (pixel_major) {
+        T* out = scratch<T, 1>(cols * g.C_out);  // [cols, C_out]
+        for (index_t gr = 0; gr < g.groups; ++gr)
+          gemm<T>(true, false, cols, Mg, Kg, T(1), col + gr * Kg * ldcol, ldcol, w_t + gr * Kg * Mg,
+                  Mg, T(0), out + gr * Mg, g.C_out);
+        parallel_for(0, g.C_out, copy_grain(cols), [&](index_t b, index_t e) {
+          for (index_t i = 0; i < images; ++i)
+            transpose_out(out + i * chunk * g.C_out, g.C_out, chunk, g.C_out, bias,
+                          y + (n0 + i) * out_image + oh0 * g.Wo, out_plane, accumulate, b, e);
+        });
+        continue;
       }
       // One image: the GEMM writes y directly. Several: a [C_out, cols] buffer, copied out.
       T* out;
@@ -714,12 +784,11 @@ void forward(const Geometry& g, const T* x, const T* w, const T* bias, T* y, boo
                 ldcol, beta, out + gr * Mg * ldout, ldout);
       if (direct) {
         if (bias) {
-          const index_t n = rows * g.Wo;
-          parallel_for(0, g.C_out, copy_grain(n), [&](index_t b, index_t e) {
+          parallel_for(0, g.C_out, copy_grain(chunk), [&](index_t b, index_t e) {
             for (index_t co = b; co < e; ++co) {
               T* row = out + co * ldout;
               const T v = bias[co];
-              for (index_t j = 0; j < n; ++j) row[j] += v;
+              for (index_t j = 0; j < chunk; ++j) row[j] += v;
             }
           });
         }
@@ -752,9 +821,8 @@ void backward_input(const Geometry& g, const T* gy, const T* w, const T* fill, T
   const index_t in_plane = g.in_plane(), in_image = g.C_in * in_plane;
   const index_t out_plane = g.out_plane(), out_image = g.C_out * out_plane;
   const index_t K = g.col_rows(), Kg = g.group_k(), Mg = g.group_out(), Cg = g.group_in();
-  const Plan plan =
-      make_plan(g, static_cast<index_t>(sizeof(T)) * (K + g.C_out), forward_budget_bytes, 128,
-                4096, current_threads());
+  const Plan plan = make_plan(g, sizeof(T), static_cast<index_t>(sizeof(T)) * (K + g.C_out),
+                              forward_budget_bytes, 128, 4096, current_threads());
   for_each_block(plan, g.N, [&](index_t n0, index_t n1) {
     const index_t images = n1 - n0;
     T* gx_block = gx + n0 * in_image;
@@ -787,12 +855,11 @@ void backward_input(const Geometry& g, const T* gy, const T* w, const T* fill, T
       }
       T* col = scratch<T, 0>(K * cols);
       for (index_t gr = 0; gr < g.groups; ++gr)
-        gemm<T>(true, false, Kg, cols, Mg, T(1), w + gr * Mg * Kg, Kg, gy_cols + gr * Mg * ldg,
-                ldg, T(0), col + gr * Kg * cols, cols);
-      parallel_for(0, g.C_in, copy_grain(images * in_plane * g.KH * g.KW),
-                   [&](index_t b, index_t e) {
-                     col2im(g, col, cols, images, oh0, rows, gx_block, b, e);
-                   });
+        gemm<T>(true, false, Kg, cols, Mg, T(1), w + gr * Mg * Kg, Kg, gy_cols + gr * Mg * ldg, ldg,
+                T(0), col + gr * Kg * cols, cols);
+      parallel_for(
+          0, g.C_in, copy_grain(images * in_plane * g.KH * g.KW),
+          [&](index_t b, index_t e) { col2im(g, col, cols, images, oh0, rows, gx_block, b, e); });
     }
   });
 }
@@ -808,13 +875,12 @@ void backward_weight(const Geometry& g, const T* x, const T* gy, T* gw, bool acc
   }
   const index_t in_image = g.C_in * g.in_plane();
   const index_t out_plane = g.out_plane(), out_image = g.C_out * out_plane;
-  const Plan plan = make_plan(g, static_cast<index_t>(sizeof(T)) * (K + g.C_out),
+  const Plan plan = make_plan(g, sizeof(T), static_cast<index_t>(sizeof(T)) * (K + g.C_out),
                               weight_budget_bytes, 256, 8192, 1);
-  // Deep, narrow weights (Kg >= Mg) use the faster GEMM orientation: gwᵀ = col · gyᵀ with the
-  // column matrix as the row-major A operand, summed in a scratch buffer and transposed at the
-  // end.
-  const bool transposed = Kg >= Mg;
-  T* gw_t = transposed ? scratch<T, 2>(g.groups * Kg * Mg) : nullptr;
+  // The GEMM runs as gwᵀ = col · gyᵀ, with the column matrix as its row-major A operand (the
+  // faster orientation of the two, measured on the W4/W6 shapes), summed over the blocks in a
+  // scratch buffer and transposed into gw at the end.
+  T* gw_t = scratch<T, 2>(g.groups * Kg * Mg);
   bool first = true;
   for_each_block(plan, g.N, [&](index_t n0, index_t n1) {
     const index_t images = n1 - n0;
@@ -843,30 +909,21 @@ void backward_weight(const Geometry& g, const T* x, const T* gy, T* gw, bool acc
         gy_cols = buffer;
         ldg = cols;
       }
-      if (transposed) {
-        const T beta = first ? T(0) : T(1);
-        for (index_t gr = 0; gr < g.groups; ++gr)
-          gemm<T>(false, true, Kg, Mg, cols, T(1), col + gr * Kg * ldcol, ldcol,
-                  gy_cols + gr * Mg * ldg, ldg, beta, gw_t + gr * Kg * Mg, Mg);
-      } else {
-        const T beta = first && !accumulate ? T(0) : T(1);
-        for (index_t gr = 0; gr < g.groups; ++gr)
-          gemm<T>(false, true, Mg, Kg, cols, T(1), gy_cols + gr * Mg * ldg, ldg,
-                  col + gr * Kg * ldcol, ldcol, beta, gw + gr * Mg * Kg, Kg);
-      }
+      const T beta = first ? T(0) : T(1);
+      for (index_t gr = 0; gr < g.groups; ++gr)
+        gemm<T>(false, true, Kg, Mg, cols, T(1), col + gr * Kg * ldcol, ldcol,
+                gy_cols + gr * Mg * ldg, ldg, beta, gw_t + gr * Kg * Mg, Mg);
       first = false;
     }
   });
-  if (transposed) {
-    parallel_for(0, g.C_out, copy_grain(Kg), [&](index_t b, index_t e) {
-      for (index_t co = b; co < e; ++co) {
-        const index_t gr = co / Mg, m = co % Mg;
-        const T* src = gw_t + gr * Kg * Mg + m;
-        T* dst = gw + co * Kg;
-        for (index_t k = 0; k < Kg; ++k) dst[k] = (accumulate ? dst[k] : T(0)) + src[k * Mg];
-      }
-    });
-  }
+  parallel_for(0, g.C_out, copy_grain(Kg), [&](index_t b, index_t e) {
+    for (index_t co = b; co < e; ++co) {
+      const index_t gr = co / Mg, m = co % Mg;
+      const T* src = gw_t + gr * Kg * Mg + m;
+      T* dst = gw + co * Kg;
+      for (index_t k = 0; k < Kg; ++k) dst[k] = (accumulate ? dst[k] : T(0)) + src[k * Mg];
+    }
+  });
 }
 
 // gb[c] (+)= sum over n and p of gy[n, c, p] for gy [N, C, plane]; float sums run in eight
@@ -952,8 +1009,8 @@ void conv2d_backward_bias(const Conv2dParams& p, const T* gy, T* gb, bool accumu
 // null): the adjoint of the Conv2d from [N, C_out, H_out, W_out] to [N, C_in, H, W] with weight
 // w, i.e. that Conv2d's input gradient, started from the bias instead of zero.
 template <class T>
-void conv_transpose2d_forward(const ConvTranspose2dParams& p, const T* x, const T* w,
-                              const T* bias, T* y) {
+void conv_transpose2d_forward(const ConvTranspose2dParams& p, const T* x, const T* w, const T* bias,
+                              T* y) {
   conv_detail::check_scalar<T>();
   p.validate("conv_transpose2d_forward");
   conv_detail::backward_input(conv_detail::geometry(p), x, w, bias, y, false);
@@ -963,8 +1020,8 @@ void conv_transpose2d_forward(const ConvTranspose2dParams& p, const T* x, const 
 // Derivation: y = Aᵀ·x where A is the Conv2d above, so dL/dx = A·gy: that Conv2d's forward
 // applied to gy, without bias.
 template <class T>
-void conv_transpose2d_backward_input(const ConvTranspose2dParams& p, const T* gy, const T* w,
-                                     T* gx, bool accumulate = false) {
+void conv_transpose2d_backward_input(const ConvTranspose2dParams& p, const T* gy, const T* w, T* gx,
+                                     bool accumulate = false) {
   conv_detail::check_scalar<T>();
   p.validate("conv_transpose2d_backward_input");
   conv_detail::forward(conv_detail::geometry(p), gy, w, static_cast<const T*>(nullptr), gx,

@@ -40,15 +40,16 @@ inline std::string size_pair(index_t a, index_t b) {
 
 inline void require_at_least(const char* op, index_t value, index_t minimum, const char* name) {
   if (value < minimum)
-    throw_value_error(op, std::string(name) + " must be >= " + std::to_string(minimum) +
-                              ", got " + std::to_string(value));
+    throw_value_error(op, std::string(name) + " must be >= " + std::to_string(minimum) + ", got " +
+                              std::to_string(value));
 }
 
 // Runs f(plane_begin, plane_end) over the N·C image planes, in parallel when there is enough
 // work (`work_per_plane` elements touched per plane).
 template <class F>
 void for_planes(index_t planes, index_t work_per_plane, F&& f) {
-  const index_t grain = std::max<index_t>(1, (index_t{1} << 15) / std::max<index_t>(work_per_plane, 1));
+  const index_t grain =
+      std::max<index_t>(1, (index_t{1} << 15) / std::max<index_t>(work_per_plane, 1));
   parallel_for(0, planes, grain, f);
 }
 
@@ -80,10 +81,9 @@ struct Pool2dParams {
 
   std::string describe() const {
     using pool_detail::size_pair;
-    return "input " + to_string(Shape{N, C, H, W}) + ", kernel " + size_pair(KH, KW) +
-           ", stride " + size_pair(stride_h, stride_w) + ", padding " + size_pair(pad_h, pad_w) +
-           ", dilation " + size_pair(dilation_h, dilation_w) +
-           (ceil_mode ? ", ceil_mode" : "");
+    return "input " + to_string(Shape{N, C, H, W}) + ", kernel " + size_pair(KH, KW) + ", stride " +
+           size_pair(stride_h, stride_w) + ", padding " + size_pair(pad_h, pad_w) + ", dilation " +
+           size_pair(dilation_h, dilation_w) + (ceil_mode ? ", ceil_mode" : "");
   }
 
   // Throws ValueError for sizes, strides, dilations below 1, negative padding or padding above
@@ -385,16 +385,17 @@ struct LinearTap {
 template <class T>
 std::vector<LinearTap<T>> linear_taps(index_t in, index_t out, bool align_corners) {
   std::vector<LinearTap<T>> taps(static_cast<std::size_t>(out));
-  const T scale = align_corners ? (out > 1 ? static_cast<T>(in - 1) / static_cast<T>(out - 1) : T(0))
-                                : static_cast<T>(in) / static_cast<T>(out);
+  const T scale = align_corners
+                      ? (out > 1 ? static_cast<T>(in - 1) / static_cast<T>(out - 1) : T(0))
+                      : static_cast<T>(in) / static_cast<T>(out);
   for (index_t o = 0; o < out; ++o) {
     auto& t = taps[static_cast<std::size_t>(o)];
     if (in == out) {
       t = {o, o, T(1), T(0)};
       continue;
     }
-    T src = align_corners ? scale * static_cast<T>(o)
-                          : scale * (static_cast<T>(o) + T(0.5)) - T(0.5);
+    T src =
+        align_corners ? scale * static_cast<T>(o) : scale * (static_cast<T>(o) + T(0.5)) - T(0.5);
     if (src < T(0)) src = T(0);
     const index_t i0 = std::min(static_cast<index_t>(src), in - 1);
     const index_t i1 = i0 + (i0 < in - 1 ? 1 : 0);
