@@ -513,6 +513,11 @@ TEST_CASE("conv2d backward on larger images: adjoint identities and thread-count
     shapes.push_back(p);
   }
   {
+    cpu::Conv2dParams p;  // a weight too large to sum per slice: threaded GEMMs in order
+    p.N = 5, p.C_in = 64, p.H = p.W = 6, p.C_out = 128, p.KH = p.KW = 3, p.pad_h = p.pad_w = 1;
+    shapes.push_back(p);
+  }
+  {
     cpu::Conv2dParams p;
     p.N = 7, p.C_in = 16, p.H = p.W = 14, p.C_out = 48, p.KH = p.KW = 4;
     p.stride_h = p.stride_w = 2, p.pad_h = p.pad_w = 1, p.groups = 2;

@@ -259,27 +259,39 @@ inline Plan make_plan(const Geometry& g, index_t elem_bytes, index_t bytes_per_c
   const index_t plane = std::max<index_t>(g.out_plane(), 1);
   if (cols >= plane) {
     plan.rows_per_chunk = g.Ho;
-    // Near the budget, the image count whose column count wastes least of the GEMM's last
-    // register tile (column tiles are 64 or 128 bytes wide on x86).
+    // Near the budget, the image count with the least waste: columns past the GEMM's last
+    // register tile (tiles are 64 or 128 bytes wide on x86) and, when the blocks are shared
+    // out (at least three per thread), threads left idle in the last round.
     const index_t target = std::clamp<index_t>(cols / plane, 1, std::max<index_t>(g.N, 1));
     const index_t tile = std::max<index_t>(1, 128 / elem_bytes);
-    auto waste = [&](index_t images) {
+    auto tile_waste = [&](index_t images) {
       const index_t n = images * plane;
       return static_cast<double>((n + tile - 1) / tile * tile - n) / static_cast<double>(n);
+    };
+    auto idle = [&](index_t images) {
+      const index_t blocks = (g.N + images - 1) / images;
+      const index_t rounds = (blocks + threads - 1) / threads;
+      return static_cast<double>(rounds * threads - blocks) / static_cast<double>(blocks);
     };
     index_t best = target;
     for (index_t images = std::max<index_t>(1, target / 2);
          images <= std::min<index_t>(g.N, target + target / 2); ++images)
-      if (waste(images) + 0.01 < waste(best)) best = images;
+      if (tile_waste(images) + 0.01 < tile_waste(best)) best = images;
+    if (threads > 1) {
+      index_t shared = 0;
+      for (index_t images = 1; images <= std::min<index_t>(g.N, 2 * target); ++images) {
+        if ((g.N + images - 1) / images < 3 * threads) break;
+        if (shared == 0 ||
+            tile_waste(images) + idle(images) + 0.01 < tile_waste(shared) + idle(shared))
+          shared = images;
+      }
+      if (shared == 0 && g.N >= 2 * threads) shared = 1;
+      if (shared > 0) best = shared;
+    }
     plan.images_per_block = best;
   } else {
     plan.rows_per_chunk = std::clamp<index_t>(cols / std::max<index_t>(g.Wo, 1), 1, g.Ho);
     plan.images_per_block = 1;
-  }
-  if (threads > 1) {
-    // At least three blocks per thread when the batch allows, for an even share.
-    plan.images_per_block =
-        std::min(plan.images_per_block, std::max<index_t>(1, g.N / (3 * threads)));
   }
   plan.blocks = (g.N + plan.images_per_block - 1) / plan.images_per_block;
   plan.parallel_blocks = threads > 1 && plan.blocks >= 2 * threads;
@@ -864,8 +876,13 @@ void backward_input(const Geometry& g, const T* gy, const T* w, const T* fill, T
   });
 }
 
-// gw (+)= sum over the batch of gy · columns(x)ᵀ. The blocks run in order, each GEMM using the
-// pool, so the sums do not depend on the thread count.
+// gw (+)= sum over the batch of gy · columns(x)ᵀ.
+// The GEMMs run as gwᵀ = col · gyᵀ, with the column matrix as their row-major A operand (the
+// faster orientation of the two on the W4/W6 shapes), summed in scratch and transposed into gw
+// at the end. Large weights: the blocks run in order, each GEMM using the pool. Small weights,
+// whose GEMMs are too narrow to share out: the batch is cut into `slices` parts summed
+// separately, in parallel, then added up in order. Either way the sums do not depend on the
+// thread count.
 template <class T>
 void backward_weight(const Geometry& g, const T* x, const T* gy, T* gw, bool accumulate) {
   const index_t Kg = g.group_k(), Mg = g.group_out(), K = g.col_rows();
@@ -875,53 +892,70 @@ void backward_weight(const Geometry& g, const T* x, const T* gy, T* gw, bool acc
   }
   const index_t in_image = g.C_in * g.in_plane();
   const index_t out_plane = g.out_plane(), out_image = g.C_out * out_plane;
-  const Plan plan = make_plan(g, sizeof(T), static_cast<index_t>(sizeof(T)) * (K + g.C_out),
-                              weight_budget_bytes, 256, 8192, 1);
-  // The GEMM runs as gwᵀ = col · gyᵀ, with the column matrix as its row-major A operand (the
-  // faster orientation of the two, measured on the W4/W6 shapes), summed over the blocks in a
-  // scratch buffer and transposed into gw at the end.
-  T* gw_t = scratch<T, 2>(g.groups * Kg * Mg);
-  bool first = true;
-  for_each_block(plan, g.N, [&](index_t n0, index_t n1) {
-    const index_t images = n1 - n0;
-    for (index_t oh0 = 0; oh0 < g.Ho; oh0 += plan.rows_per_chunk) {
-      const index_t rows = std::min(plan.rows_per_chunk, g.Ho - oh0);
-      const index_t cols = images * rows * g.Wo;
-      const T* col;
-      index_t ldcol;
-      if (g.pointwise() && images == 1) {
-        col = x + n0 * in_image + oh0 * g.W;
-        ldcol = g.in_plane();
-      } else {
-        T* buffer = scratch<T, 0>(K * cols);
-        fill_columns(g, x + n0 * in_image, images, oh0, rows, buffer, cols);
-        col = buffer;
-        ldcol = cols;
+  const index_t weight_size = g.groups * Kg * Mg;
+  const index_t slices = weight_size <= (index_t{1} << 16) ? std::min<index_t>(4, g.N) : 1;
+  Geometry slice_shape = g;
+  slice_shape.N = (g.N + slices - 1) / slices;
+  const Plan plan =
+      make_plan(slice_shape, sizeof(T), static_cast<index_t>(sizeof(T)) * (K + g.C_out),
+                weight_budget_bytes, 256, 8192, 1);
+  T* partials = scratch<T, 2>(slices * weight_size);
+
+  // Sums images [s·N/slices, (s+1)·N/slices) into partials[s].
+  auto run_slice = [&](index_t s) {
+    const index_t n_begin = s * g.N / slices, n_end = (s + 1) * g.N / slices;
+    T* acc = partials + s * weight_size;
+    bool first = true;
+    for (index_t n0 = n_begin; n0 < n_end; n0 += plan.images_per_block) {
+      const index_t images = std::min(plan.images_per_block, n_end - n0);
+      for (index_t oh0 = 0; oh0 < g.Ho; oh0 += plan.rows_per_chunk) {
+        const index_t rows = std::min(plan.rows_per_chunk, g.Ho - oh0);
+        const index_t cols = images * rows * g.Wo;
+        const T* col;
+        index_t ldcol;
+        if (g.pointwise() && images == 1) {
+          col = x + n0 * in_image + oh0 * g.W;
+          ldcol = g.in_plane();
+        } else {
+          T* buffer = scratch<T, 0>(K * cols);
+          fill_columns(g, x + n0 * in_image, images, oh0, rows, buffer, cols);
+          col = buffer;
+          ldcol = cols;
+        }
+        const T* gy_cols;
+        index_t ldg;
+        if (images == 1) {
+          gy_cols = gy + n0 * out_image + oh0 * g.Wo;
+          ldg = out_plane;
+        } else {
+          T* buffer = scratch<T, 1>(g.C_out * cols);
+          gather_planes(gy + n0 * out_image, images, g.C_out, out_plane, buffer);
+          gy_cols = buffer;
+          ldg = cols;
+        }
+        const T beta = first ? T(0) : T(1);
+        for (index_t gr = 0; gr < g.groups; ++gr)
+          gemm<T>(false, true, Kg, Mg, cols, T(1), col + gr * Kg * ldcol, ldcol,
+                  gy_cols + gr * Mg * ldg, ldg, beta, acc + gr * Kg * Mg, Mg);
+        first = false;
       }
-      const T* gy_cols;
-      index_t ldg;
-      if (images == 1) {
-        gy_cols = gy + n0 * out_image + oh0 * g.Wo;
-        ldg = out_plane;
-      } else {
-        T* buffer = scratch<T, 1>(g.C_out * cols);
-        gather_planes(gy + n0 * out_image, images, g.C_out, out_plane, buffer);
-        gy_cols = buffer;
-        ldg = cols;
-      }
-      const T beta = first ? T(0) : T(1);
-      for (index_t gr = 0; gr < g.groups; ++gr)
-        gemm<T>(false, true, Kg, Mg, cols, T(1), col + gr * Kg * ldcol, ldcol,
-                gy_cols + gr * Mg * ldg, ldg, beta, gw_t + gr * Kg * Mg, Mg);
-      first = false;
     }
-  });
-  parallel_for(0, g.C_out, copy_grain(Kg), [&](index_t b, index_t e) {
+  };
+  if (slices == 1)
+    run_slice(0);
+  else
+    parallel_tasks(slices, run_slice);
+
+  parallel_for(0, g.C_out, copy_grain(Kg * slices), [&](index_t b, index_t e) {
     for (index_t co = b; co < e; ++co) {
       const index_t gr = co / Mg, m = co % Mg;
-      const T* src = gw_t + gr * Kg * Mg + m;
       T* dst = gw + co * Kg;
-      for (index_t k = 0; k < Kg; ++k) dst[k] = (accumulate ? dst[k] : T(0)) + src[k * Mg];
+      for (index_t k = 0; k < Kg; ++k) {
+        const T* src = partials + (gr * Kg + k) * Mg + m;
+        T sum = src[0];
+        for (index_t s = 1; s < slices; ++s) sum += src[s * weight_size];
+        dst[k] = accumulate ? dst[k] + sum : sum;
+      }
     }
   });
 }
