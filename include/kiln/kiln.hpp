@@ -1,5 +1,6 @@
 // kiln/kiln.hpp — everything kiln offers on the CPU: tensors, lazy fused expressions,
-// reductions, matmul, random numbers, automatic differentiation.
+// automatic differentiation, differentiable ops and losses, nn modules, optimizers, data
+// loading, and files (gzip, IDX, safetensors, checkpoints).
 // Builds on the headers of include/kiln and backends/cpu.
 #pragma once
 
@@ -24,7 +25,28 @@
 #include <kiln/autograd/fused.hpp>
 #include <kiln/autograd/graph.hpp>
 
+#include <kiln/ops/attention.hpp>
+#include <kiln/ops/conv.hpp>
+#include <kiln/ops/dropout.hpp>
+#include <kiln/ops/index.hpp>
+#include <kiln/ops/linear.hpp>
+#include <kiln/ops/loss.hpp>
 #include <kiln/ops/matmul.hpp>
+#include <kiln/ops/norm.hpp>
+#include <kiln/ops/pool.hpp>
 #include <kiln/ops/reduce.hpp>
+#include <kiln/ops/softmax.hpp>
+
+#include <kiln/nn/nn.hpp>
+#include <kiln/optim/optim.hpp>
+
+#include <kiln/data/fashion_mnist.hpp>
+#include <kiln/data/idx.hpp>
+#include <kiln/data/loader.hpp>
+#include <kiln/io/checkpoint.hpp>
+#include <kiln/io/gzip.hpp>
+#include <kiln/io/json.hpp>
+#include <kiln/io/progress.hpp>
+#include <kiln/io/safetensors.hpp>
 
 #include <kiln/backend/cpu/backend.hpp>
