@@ -565,6 +565,34 @@ TEST_CASE("pooling on many planes runs threaded and agrees with one thread") {
   CHECK(back == doctest::Approx(in).epsilon(1e-6));
 }
 
+TEST_CASE("max_pool2d indices stay exact on a plane of more than 2^24 pixels") {
+  // Float holds every integer only up to 2^24; past that the argmax must still be exact.
+  cpu::Pool2dParams p;
+  p.H = p.W = 4097, p.KH = p.KW = 2, p.stride_h = p.stride_w = 2;
+  REQUIRE(p.H * p.W > (index_t{1} << 24));
+  std::vector<float> x(static_cast<std::size_t>(p.H * p.W));
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 7919) % 1009);
+  const index_t Ho = p.H_out(), Wo = p.W_out();
+  std::vector<float> y(static_cast<std::size_t>(Ho * Wo));
+  std::vector<index_t> idx(y.size());
+  cpu::max_pool2d_forward<float>(p, x.data(), y.data(), idx.data());
+  int bad = 0;
+  for (index_t oh = Ho - 2; oh < Ho; ++oh)
+    for (index_t ow = 0; ow < Wo && bad < 5; ++ow) {
+      index_t want = -1;
+      for (index_t ih = 2 * oh; ih < 2 * oh + 2; ++ih)
+        for (index_t iw = 2 * ow; iw < 2 * ow + 2; ++iw)
+          if (want < 0 ||
+              x[static_cast<std::size_t>(ih * p.W + iw)] > x[static_cast<std::size_t>(want)])
+            want = ih * p.W + iw;
+      if (idx[static_cast<std::size_t>(oh * Wo + ow)] != want) {
+        ++bad;
+        FAIL_CHECK("window (" << oh << ", " << ow << "): index "
+                              << idx[static_cast<std::size_t>(oh * Wo + ow)] << ", want " << want);
+      }
+    }
+}
+
 TEST_CASE("pooling and upsampling reject bad parameters with a sentence") {
   auto p = pool5(3, 2, 2, 1, false);
   CHECK_THROWS_WITH_AS(p.validate("max_pool2d"),

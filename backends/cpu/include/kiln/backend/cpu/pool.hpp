@@ -12,6 +12,7 @@
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace kiln::backend::cpu {
@@ -114,20 +115,85 @@ struct Pool2dParams {
 };
 
 // ------------------------------------------------------------------------------ max pooling
-// y[n, c, oh, ow] = max of x over the window; indices (may be null) receive the argmax as a flat
-// index ih·W + iw into the input plane, as PyTorch's return_indices. As in PyTorch, the first
-// of equal values wins and NaN counts as the maximum (the last NaN of the window gives the
-// index). A window that covers only padding (possible with dilation) gives -inf and index -1.
+namespace pool_detail {
+
+// Output positions o in [0, n) whose input position o·stride + offset lies in [0, size).
+struct Span {
+  index_t lo, hi;
+};
+inline Span valid_span(index_t offset, index_t stride, index_t size, index_t n) {
+  index_t lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+  const index_t room = size - offset;
+  index_t hi = room <= 0 ? 0 : (room + stride - 1) / stride;
+  lo = std::min(lo, n);
+  hi = std::clamp(hi, lo, n);
+  return {lo, hi};
+}
+
+// The kernel column kw of every window reads input column ow·stride_w + offset; `cols`: the
+// outputs for which that lies inside the input.
+struct ColumnTap {
+  index_t offset;
+  Span cols;
+};
+inline std::vector<ColumnTap> column_taps(const Pool2dParams& p, index_t Wo) {
+  std::vector<ColumnTap> taps(static_cast<std::size_t>(p.KW));
+  for (index_t kw = 0; kw < p.KW; ++kw) {
+    const index_t offset = kw * p.dilation_w - p.pad_w;
+    taps[static_cast<std::size_t>(kw)] = {offset, valid_span(offset, p.stride_w, p.W, Wo)};
+  }
+  return taps;
+}
+
+// One output row of max pooling: the taps in PyTorch's order (kh, then kw), each a pass over
+// the row that keeps the larger value (or a NaN) and where it came from, so the first maximum
+// wins. Positions are tracked as T (exact below 2^24 for float: the caller checks) so that the
+// passes vectorize; `pos` is scratch of Wo entries.
+template <bool WithIndex, index_t SW, class T>
+void max_pool_row(const Pool2dParams& p, const T* src, index_t oh, index_t Wo,
+                  const std::vector<ColumnTap>& taps, T* best, index_t* at, T* pos) {
+  for (index_t ow = 0; ow < Wo; ++ow) best[ow] = -std::numeric_limits<T>::infinity();
+  if (WithIndex)
+    for (index_t ow = 0; ow < Wo; ++ow) pos[ow] = T(-1);
+  const index_t sw = SW ? SW : p.stride_w;  // SW: the column stride when fixed at compile time
+  for (index_t kh = 0; kh < p.KH; ++kh) {
+    const index_t ih = oh * p.stride_h - p.pad_h + kh * p.dilation_h;
+    if (ih < 0 || ih >= p.H) continue;
+    const T* row = src + ih * p.W;
+    for (const ColumnTap& t : taps) {
+      const T base = static_cast<T>(ih * p.W + t.offset);
+      for (index_t ow = t.cols.lo; ow < t.cols.hi; ++ow) {
+        const T v = row[ow * sw + t.offset];
+        const bool take = (v > best[ow]) | (v != v);
+        best[ow] = take ? v : best[ow];
+        if (WithIndex) pos[ow] = take ? base + static_cast<T>(ow * sw) : pos[ow];
+      }
+    }
+  }
+  if (!WithIndex) return;
+  for (index_t ow = 0; ow < Wo; ++ow) {
+    if (pos[ow] >= T(0)) {
+      at[ow] = static_cast<index_t>(pos[ow]);
+      continue;
+    }
+    // Windows whose values are all -inf keep their first input pixel, as PyTorch.
+    index_t h0 = oh * p.stride_h - p.pad_h, w0 = ow * sw - p.pad_w;
+    const index_t h1 = std::min(h0 + (p.KH - 1) * p.dilation_h + 1, p.H);
+    const index_t w1 = std::min(w0 + (p.KW - 1) * p.dilation_w + 1, p.W);
+    while (h0 < 0) h0 += p.dilation_h;
+    while (w0 < 0) w0 += p.dilation_w;
+    at[ow] = h0 < h1 && w0 < w1 ? h0 * p.W + w0 : -1;
+  }
+}
+
+// Max pooling one output at a time with integer positions, for planes too large for T to hold
+// every position exactly.
 template <class T>
-void max_pool2d_forward(const Pool2dParams& p, const T* x, T* y, index_t* indices) {
-  pool_detail::check_scalar<T>();
-  p.validate("max_pool2d_forward");
+void max_pool2d_exact(const Pool2dParams& p, const T* x, T* y, index_t* indices) {
   const index_t Ho = p.H_out(), Wo = p.W_out(), in_plane = p.H * p.W, out_plane = Ho * Wo;
-  pool_detail::for_planes(p.N * p.C, out_plane * p.KH * p.KW, [&](index_t b, index_t e) {
+  for_planes(p.N * p.C, out_plane * p.KH * p.KW, [&](index_t b, index_t e) {
     for (index_t plane = b; plane < e; ++plane) {
       const T* src = x + plane * in_plane;
-      T* dst = y + plane * out_plane;
-      index_t* idx = indices ? indices + plane * out_plane : nullptr;
       for (index_t oh = 0; oh < Ho; ++oh) {
         index_t h0 = oh * p.stride_h - p.pad_h;
         const index_t h1 = std::min(h0 + (p.KH - 1) * p.dilation_h + 1, p.H);
@@ -137,21 +203,59 @@ void max_pool2d_forward(const Pool2dParams& p, const T* x, T* y, index_t* indice
           const index_t w1 = std::min(w0 + (p.KW - 1) * p.dilation_w + 1, p.W);
           while (w0 < 0) w0 += p.dilation_w;
           T best = -std::numeric_limits<T>::infinity();
-          // A window that holds no input pixel (possible with dilation) gives -inf and -1.
           index_t best_at = h0 < h1 && w0 < w1 ? h0 * p.W + w0 : -1;
           for (index_t ih = h0; ih < h1; ih += p.dilation_h)
             for (index_t iw = w0; iw < w1; iw += p.dilation_w) {
               const T v = src[ih * p.W + iw];
-              if (v > best || std::isnan(v)) {
+              if (v > best || v != v) {
                 best = v;
                 best_at = ih * p.W + iw;
               }
             }
-          dst[oh * Wo + ow] = best;
-          if (idx) idx[oh * Wo + ow] = best_at;
+          y[plane * out_plane + oh * Wo + ow] = best;
+          indices[plane * out_plane + oh * Wo + ow] = best_at;
         }
       }
     }
+  });
+}
+
+}  // namespace pool_detail
+
+// y[n, c, oh, ow] = max of x over the window; indices (may be null) receive the argmax as a flat
+// index ih·W + iw into the input plane, as PyTorch's return_indices. As in PyTorch, the first
+// of equal values wins and NaN counts as the maximum (the last NaN of the window gives the
+// index). A window that covers only padding (possible with dilation) gives -inf and index -1.
+template <class T>
+void max_pool2d_forward(const Pool2dParams& p, const T* x, T* y, index_t* indices) {
+  pool_detail::check_scalar<T>();
+  p.validate("max_pool2d_forward");
+  const index_t Ho = p.H_out(), Wo = p.W_out(), in_plane = p.H * p.W, out_plane = Ho * Wo;
+  const auto taps = pool_detail::column_taps(p, Wo);
+  if (indices && static_cast<double>(in_plane) >= 1.0 / std::numeric_limits<T>::epsilon())
+    // Positions beyond T's exact integers: track them one output at a time.
+    return pool_detail::max_pool2d_exact(p, x, y, indices);
+  pool_detail::for_planes(p.N * p.C, out_plane * p.KH * p.KW, [&](index_t b, index_t e) {
+    std::vector<T> pos(static_cast<std::size_t>(Wo));
+    for (index_t plane = b; plane < e; ++plane)
+      for (index_t oh = 0; oh < Ho; ++oh) {
+        const T* src = x + plane * in_plane;
+        T* best = y + plane * out_plane + oh * Wo;
+        index_t* at = indices ? indices + plane * out_plane + oh * Wo : nullptr;
+        using pool_detail::max_pool_row;
+        if (at && p.stride_w == 1)
+          max_pool_row<true, 1>(p, src, oh, Wo, taps, best, at, pos.data());
+        else if (at && p.stride_w == 2)
+          max_pool_row<true, 2>(p, src, oh, Wo, taps, best, at, pos.data());
+        else if (at)
+          max_pool_row<true, 0>(p, src, oh, Wo, taps, best, at, pos.data());
+        else if (p.stride_w == 1)
+          max_pool_row<false, 1>(p, src, oh, Wo, taps, best, at, pos.data());
+        else if (p.stride_w == 2)
+          max_pool_row<false, 2>(p, src, oh, Wo, taps, best, at, pos.data());
+        else
+          max_pool_row<false, 0>(p, src, oh, Wo, taps, best, at, pos.data());
+      }
   });
 }
 
@@ -188,23 +292,37 @@ void max_pool2d_backward(const Pool2dParams& p, const T* gy, const index_t* indi
 // ------------------------------------------------------------------------------ average pooling
 namespace pool_detail {
 
-// The window of output pixel (oh, ow) clipped to the input, and its divisor, as PyTorch: the
-// window is first clipped to the padded input; with count_include_pad its size there divides,
-// otherwise the number of real pixels; divisor_override replaces both.
-struct AvgWindow {
-  index_t h0, h1, w0, w1, divisor;
-};
-inline AvgWindow avg_window(const Pool2dParams& p, index_t oh, index_t ow) {
-  index_t h0 = oh * p.stride_h - p.pad_h, w0 = ow * p.stride_w - p.pad_w;
-  index_t h1 = std::min(h0 + p.KH, p.H + p.pad_h), w1 = std::min(w0 + p.KW, p.W + p.pad_w);
-  const index_t padded_count = (h1 - h0) * (w1 - w0);
-  h0 = std::max<index_t>(h0, 0);
-  w0 = std::max<index_t>(w0, 0);
-  h1 = std::min(h1, p.H);
-  w1 = std::min(w1, p.W);
-  index_t divisor = p.count_include_pad ? padded_count : (h1 - h0) * (w1 - w0);
-  if (p.divisor_override > 0) divisor = p.divisor_override;
-  return {h0, h1, w0, w1, divisor};
+// PyTorch's divisor, which factors into a row and a column part: the window is first clipped to
+// the padded input (at size + pad); with count_include_pad its extent there counts, otherwise
+// its extent inside the input.
+inline std::vector<index_t> avg_extents(index_t n_out, index_t k, index_t stride, index_t pad,
+                                        index_t size, bool include_pad) {
+  std::vector<index_t> extent(static_cast<std::size_t>(n_out));
+  for (index_t o = 0; o < n_out; ++o) {
+    index_t begin = o * stride - pad;
+    index_t end = std::min(begin + k, size + pad);
+    if (!include_pad) {
+      begin = std::max<index_t>(begin, 0);
+      end = std::min(end, size);
+    }
+    extent[static_cast<std::size_t>(o)] = end - begin;
+  }
+  return extent;
+}
+
+// 1 / divisor of every output pixel of a plane (divisor_override replaces the extents).
+template <class T>
+std::vector<T> avg_divisors(const Pool2dParams& p, index_t Ho, index_t Wo) {
+  const auto eh = avg_extents(Ho, p.KH, p.stride_h, p.pad_h, p.H, p.count_include_pad);
+  const auto ew = avg_extents(Wo, p.KW, p.stride_w, p.pad_w, p.W, p.count_include_pad);
+  std::vector<T> divisor(static_cast<std::size_t>(Ho * Wo));
+  for (index_t oh = 0; oh < Ho; ++oh)
+    for (index_t ow = 0; ow < Wo; ++ow)
+      divisor[static_cast<std::size_t>(oh * Wo + ow)] =
+          static_cast<T>(p.divisor_override > 0
+                             ? p.divisor_override
+                             : eh[static_cast<std::size_t>(oh)] * ew[static_cast<std::size_t>(ow)]);
+  return divisor;
 }
 
 inline void check_avg(const Pool2dParams& p, const char* op) {
@@ -216,47 +334,63 @@ inline void check_avg(const Pool2dParams& p, const char* op) {
 
 }  // namespace pool_detail
 
-// y[n, c, oh, ow] = (sum of x over the window) / divisor (see avg_window).
+// y[n, c, oh, ow] = (sum of x over the window inside the input) / divisor, the divisor as
+// PyTorch's: the window's size within the padded input (count_include_pad, its default; the
+// window is cut at the padded edge, which matters in ceil_mode), or the number of input pixels
+// in it, or divisor_override when > 0.
 template <class T>
 void avg_pool2d_forward(const Pool2dParams& p, const T* x, T* y) {
   pool_detail::check_scalar<T>();
   pool_detail::check_avg(p, "avg_pool2d_forward");
   const index_t Ho = p.H_out(), Wo = p.W_out(), in_plane = p.H * p.W, out_plane = Ho * Wo;
+  const auto taps = pool_detail::column_taps(p, Wo);
+  const auto divisor = pool_detail::avg_divisors<T>(p, Ho, Wo);
   pool_detail::for_planes(p.N * p.C, out_plane * p.KH * p.KW, [&](index_t b, index_t e) {
-    for (index_t plane = b; plane < e; ++plane) {
-      const T* src = x + plane * in_plane;
-      T* dst = y + plane * out_plane;
-      for (index_t oh = 0; oh < Ho; ++oh)
-        for (index_t ow = 0; ow < Wo; ++ow) {
-          const auto win = pool_detail::avg_window(p, oh, ow);
-          T sum = 0;
-          for (index_t ih = win.h0; ih < win.h1; ++ih)
-            for (index_t iw = win.w0; iw < win.w1; ++iw) sum += src[ih * p.W + iw];
-          dst[oh * Wo + ow] = sum / static_cast<T>(win.divisor);
+    for (index_t plane = b; plane < e; ++plane)
+      for (index_t oh = 0; oh < Ho; ++oh) {
+        T* sum = y + plane * out_plane + oh * Wo;
+        for (index_t ow = 0; ow < Wo; ++ow) sum[ow] = T(0);
+        for (index_t kh = 0; kh < p.KH; ++kh) {
+          const index_t ih = oh * p.stride_h - p.pad_h + kh;
+          if (ih < 0 || ih >= p.H) continue;
+          const T* row = x + plane * in_plane + ih * p.W;
+          for (const auto& t : taps)
+            for (index_t ow = t.cols.lo; ow < t.cols.hi; ++ow)
+              sum[ow] += row[ow * p.stride_w + t.offset];
         }
-    }
+        const T* d = divisor.data() + oh * Wo;
+        for (index_t ow = 0; ow < Wo; ++ow) sum[ow] /= d[ow];
+      }
   });
 }
 
-// gx (+)= dL/dx. Derivation: y = (1/divisor)·sum of the window, so every pixel of the (clipped)
+// gx (+)= dL/dx. Derivation: y = (1/divisor)·sum of the window, so every input pixel of the
 // window receives gy / divisor.
 template <class T>
 void avg_pool2d_backward(const Pool2dParams& p, const T* gy, T* gx, bool accumulate = false) {
   pool_detail::check_scalar<T>();
   pool_detail::check_avg(p, "avg_pool2d_backward");
   const index_t Ho = p.H_out(), Wo = p.W_out(), in_plane = p.H * p.W, out_plane = Ho * Wo;
+  const auto taps = pool_detail::column_taps(p, Wo);
+  const auto divisor = pool_detail::avg_divisors<T>(p, Ho, Wo);
   pool_detail::for_planes(p.N * p.C, out_plane * p.KH * p.KW, [&](index_t b, index_t e) {
+    std::vector<T> share(static_cast<std::size_t>(Wo));
     for (index_t plane = b; plane < e; ++plane) {
       T* dst = gx + plane * in_plane;
       if (!accumulate) std::fill(dst, dst + in_plane, T(0));
-      const T* g = gy + plane * out_plane;
-      for (index_t oh = 0; oh < Ho; ++oh)
-        for (index_t ow = 0; ow < Wo; ++ow) {
-          const auto win = pool_detail::avg_window(p, oh, ow);
-          const T share = g[oh * Wo + ow] / static_cast<T>(win.divisor);
-          for (index_t ih = win.h0; ih < win.h1; ++ih)
-            for (index_t iw = win.w0; iw < win.w1; ++iw) dst[ih * p.W + iw] += share;
+      for (index_t oh = 0; oh < Ho; ++oh) {
+        const T* g = gy + plane * out_plane + oh * Wo;
+        const T* d = divisor.data() + oh * Wo;
+        for (index_t ow = 0; ow < Wo; ++ow) share[static_cast<std::size_t>(ow)] = g[ow] / d[ow];
+        for (index_t kh = 0; kh < p.KH; ++kh) {
+          const index_t ih = oh * p.stride_h - p.pad_h + kh;
+          if (ih < 0 || ih >= p.H) continue;
+          T* row = dst + ih * p.W;
+          for (const auto& t : taps)
+            for (index_t ow = t.cols.lo; ow < t.cols.hi; ++ow)
+              row[ow * p.stride_w + t.offset] += share[static_cast<std::size_t>(ow)];
         }
+      }
     }
   });
 }
@@ -481,7 +615,9 @@ void upsample_bilinear2d_forward(const Upsample2dParams& p, const T* x, T* y) {
 }
 
 // gx (+)= dL/dx. Derivation: y is linear in x with coefficient lh·lw on each of its four taps,
-// so each tap pixel receives lh·lw·gy.
+// so each tap pixel receives lh·lw·gy. As matrices, y = Lh·x·Lwᵀ and gx = Lhᵀ·gy·Lw: each
+// output row is first folded onto the input columns (two taps per output pixel), then added
+// onto its two input rows with weights lh0 and lh1.
 template <class T>
 void upsample_bilinear2d_backward(const Upsample2dParams& p, const T* gy, T* gx,
                                   bool accumulate = false) {
@@ -489,25 +625,50 @@ void upsample_bilinear2d_backward(const Upsample2dParams& p, const T* gy, T* gx,
   p.validate("upsample_bilinear2d_backward");
   const auto th = pool_detail::linear_taps<T>(p.H, p.H_out, p.align_corners);
   const auto tw = pool_detail::linear_taps<T>(p.W, p.W_out, p.align_corners);
+  // The column taps grouped by input column: input column iw gathers weight·gy[ow] over
+  // (ow, weight) in [first[iw], first[iw + 1]), so the fold has no read-modify-write chain.
+  std::vector<index_t> first(static_cast<std::size_t>(p.W + 1), 0), source;
+  std::vector<T> weight;
+  {
+    for (const auto& w : tw) {
+      ++first[static_cast<std::size_t>(w.i0 + 1)];
+      ++first[static_cast<std::size_t>(w.i1 + 1)];
+    }
+    for (std::size_t i = 1; i < first.size(); ++i) first[i] += first[i - 1];
+    source.resize(static_cast<std::size_t>(first.back()));
+    weight.resize(source.size());
+    std::vector<index_t> fill(first.begin(), first.end() - 1);
+    for (index_t ow = 0; ow < p.W_out; ++ow) {
+      const auto& w = tw[static_cast<std::size_t>(ow)];
+      for (const auto& [col, l] : {std::pair{w.i0, w.l0}, std::pair{w.i1, w.l1}}) {
+        const auto at = static_cast<std::size_t>(fill[static_cast<std::size_t>(col)]++);
+        source[at] = ow;
+        weight[at] = l;
+      }
+    }
+  }
   const index_t in_plane = p.H * p.W, out_plane = p.H_out * p.W_out;
   pool_detail::for_planes(p.N * p.C, in_plane + 4 * out_plane, [&](index_t b, index_t e) {
+    std::vector<T> folded(static_cast<std::size_t>(p.W));
+    T* f = folded.data();
     for (index_t plane = b; plane < e; ++plane) {
       T* dst = gx + plane * in_plane;
       if (!accumulate) std::fill(dst, dst + in_plane, T(0));
       const T* g = gy + plane * out_plane;
       for (index_t oh = 0; oh < p.H_out; ++oh) {
+        const T* in = g + oh * p.W_out;
+        for (index_t iw = 0; iw < p.W; ++iw) {
+          T sum = 0;
+          for (index_t j = first[static_cast<std::size_t>(iw)];
+               j < first[static_cast<std::size_t>(iw + 1)]; ++j)
+            sum += weight[static_cast<std::size_t>(j)] * in[source[static_cast<std::size_t>(j)]];
+          f[iw] = sum;
+        }
         const auto& h = th[static_cast<std::size_t>(oh)];
         T* r0 = dst + h.i0 * p.W;
         T* r1 = dst + h.i1 * p.W;
-        const T* in = g + oh * p.W_out;
-        for (index_t ow = 0; ow < p.W_out; ++ow) {
-          const auto& w = tw[static_cast<std::size_t>(ow)];
-          const T v = in[ow];
-          r0[w.i0] += h.l0 * w.l0 * v;
-          r0[w.i1] += h.l0 * w.l1 * v;
-          r1[w.i0] += h.l1 * w.l0 * v;
-          r1[w.i1] += h.l1 * w.l1 * v;
-        }
+        for (index_t iw = 0; iw < p.W; ++iw) r0[iw] += h.l0 * f[iw];
+        for (index_t iw = 0; iw < p.W; ++iw) r1[iw] += h.l1 * f[iw];
       }
     }
   });
