@@ -699,11 +699,11 @@ void gather_planes(const T* src, index_t images, index_t channels, index_t plane
 inline constexpr index_t forward_budget_bytes = index_t{1} << 20;
 inline constexpr index_t weight_budget_bytes = index_t{4} << 20;
 
-// dst[c·ld_dst + q] (+)= src[q·ld_src + c] + (bias ? bias[c] : 0) for q < n, c < channels: an
-// output block computed pixel-major, written back channel-major, in tiles that stay in L1.
+// dst[c·ld_dst + q] (+)= src[q·ld_src + c] + (bias ? bias[c] : 0) for q < n, c in [c_begin, c_end):
+// an output block computed pixel-major, written back channel-major, in tiles that stay in L1.
 template <class T>
-void transpose_out(const T* src, index_t ld_src, index_t n, index_t channels, const T* bias, T* dst,
-                   index_t ld_dst, bool accumulate, index_t c_begin, index_t c_end) {
+void transpose_out(const T* src, index_t ld_src, index_t n, const T* bias, T* dst, index_t ld_dst,
+                   bool accumulate, index_t c_begin, index_t c_end) {
   constexpr index_t tile = 16;
   for (index_t c0 = c_begin; c0 < c_end; c0 += tile) {
     const index_t c1 = std::min(c0 + tile, c_end);
@@ -721,7 +721,6 @@ void transpose_out(const T* src, index_t ld_src, index_t n, index_t channels, co
       }
     }
   }
-  (void)channels;
 }
 
 // y = conv(x, w) + bias (bias may be null); adds to y instead when `accumulate`.
@@ -774,7 +773,7 @@ void forward(const Geometry& g, const T* x, const T* w, const T* bias, T* y, boo
                   Mg, T(0), out + gr * Mg, g.C_out);
         parallel_for(0, g.C_out, copy_grain(cols), [&](index_t b, index_t e) {
           for (index_t i = 0; i < images; ++i)
-            transpose_out(out + i * chunk * g.C_out, g.C_out, chunk, g.C_out, bias,
+            transpose_out(out + i * chunk * g.C_out, g.C_out, chunk, bias,
                           y + (n0 + i) * out_image + oh0 * g.Wo, out_plane, accumulate, b, e);
         });
         continue;
