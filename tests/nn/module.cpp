@@ -312,6 +312,9 @@ TEST_CASE("frozen parameters get no gradient; unfreeze restores the same autogra
   auto& w = m.register_parameter("w", kiln::ones<float>({2}), false);
   CHECK(m.unfreeze("w") == 1);
   CHECK(w.tracks_grad());
+  nn::Module no_parameters;
+  CHECK(no_parameters.freeze() == 0);
+  CHECK_THROWS_WITH(no_parameters.freeze("x"), doctest::Contains("(parameters: none)"));
 }
 
 TEST_CASE("train and eval reach every descendant") {
@@ -516,4 +519,50 @@ TEST_CASE("a 3-layer MLP's output and gradients match PyTorch") {
   compare(y64, ref, "y", 1e-12);
   compare(x64.grad(), ref, "x.grad", 1e-12);
   for (const auto& [name, p] : mlp64->named_parameters()) compare(p.grad(), ref, name + ".grad", 1e-12);
+}
+
+TEST_CASE("activation modules compute their formulas") {
+  auto x = kiln::from_vector<double>({-3.0, -1.0, -0.25, 0.0, 0.5, 2.0, 4.0}, {7});
+  const auto xv = x.to_vector();
+  auto check_each = [&](const Tensor<double>& y, auto formula) {
+    REQUIRE(y.shape() == x.shape());
+    const auto yv = y.to_vector();
+    for (std::size_t i = 0; i < xv.size(); ++i) {
+      CAPTURE(xv[i]);
+      CHECK(yv[i] == doctest::Approx(formula(xv[i])).epsilon(1e-12));
+    }
+  };
+  check_each(nn::BasicReLU<double>()(x), [](double v) { return v > 0 ? v : 0.0; });
+  check_each(nn::BasicLeakyReLU<double>(0.2)(x), [](double v) { return v > 0 ? v : 0.2 * v; });
+  check_each(nn::BasicLeakyReLU<double>()(x), [](double v) { return v > 0 ? v : 0.01 * v; });
+  check_each(nn::BasicGELU<double>()(x), [](double v) { return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0))); });
+  check_each(nn::BasicGELU<double>("tanh")(x), [](double v) {
+    return 0.5 * v * (1 + std::tanh(std::sqrt(2.0 / 3.14159265358979323846) * (v + 0.044715 * v * v * v)));
+  });
+  check_each(nn::BasicSiLU<double>()(x), [](double v) { return v / (1 + std::exp(-v)); });
+  check_each(nn::BasicTanh<double>()(x), [](double v) { return std::tanh(v); });
+  check_each(nn::BasicSigmoid<double>()(x), [](double v) { return 1 / (1 + std::exp(-v)); });
+  check_each(nn::BasicSoftplus<double>()(x), [](double v) { return std::log1p(std::exp(v)); });
+  // beta = 2, threshold = 3: linear where 2x > 3
+  check_each(nn::BasicSoftplus<double>(2.0, 3.0)(x),
+             [](double v) { return 2 * v > 3 ? v : std::log1p(std::exp(2 * v)) / 2; });
+  check_each(nn::BasicIdentity<double>()(x), [](double v) { return v; });
+  CHECK(nn::GELU("tanh").approximate() == "tanh");
+  CHECK_THROWS_WITH(nn::GELU("erf"), doctest::Contains("\"none\" or \"tanh\""));
+  CHECK_THROWS_AS(nn::Softplus(0.0), kiln::ValueError);
+  // Flatten: all but the batch dim by default, a view of contiguous input
+  auto t = kiln::zeros<float>({2, 3, 4, 5});
+  auto f = nn::Flatten()(t);
+  CHECK(f.shape() == Shape{2, 60});
+  CHECK(f.data() == t.data());
+  CHECK(nn::Flatten(0, 1)(t).shape() == Shape{6, 4, 5});
+  CHECK(nn::Flatten(2)(t).shape() == Shape{2, 3, 20});
+  // gradients flow through a module (fused elementwise node)
+  auto xr = x.clone().requires_grad();
+  kiln::sum(nn::BasicSiLU<double>()(xr)).backward();
+  const auto gv = xr.grad().to_vector();
+  for (std::size_t i = 0; i < xv.size(); ++i) {
+    const double s = 1 / (1 + std::exp(-xv[i]));
+    CHECK(gv[i] == doctest::Approx(s * (1 + xv[i] * (1 - s))).epsilon(1e-12));
+  }
 }

@@ -16,7 +16,7 @@ namespace kiln::nn {
 template <class T, class Device = cpu>
 class BasicReLU : public BasicModule<T, Device> {
  public:
-  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return Tensor<T, Device>(relu(x)); }
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return Tensor<T, Device>(kiln::relu(x)); }
   Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
 };
 
@@ -26,7 +26,7 @@ class BasicLeakyReLU : public BasicModule<T, Device> {
  public:
   explicit BasicLeakyReLU(double negative_slope = 0.01) : negative_slope_(negative_slope) {}
   Tensor<T, Device> forward(const Tensor<T, Device>& x) const {
-    return Tensor<T, Device>(leaky_relu(x, negative_slope_));
+    return Tensor<T, Device>(kiln::leaky_relu(x, negative_slope_));
   }
   Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
   double negative_slope() const { return negative_slope_; }
@@ -44,7 +44,7 @@ class BasicGELU : public BasicModule<T, Device> {
       throw_value_error("nn::GELU", "approximate must be \"none\" or \"tanh\", got \"" + approximate + "\"");
   }
   Tensor<T, Device> forward(const Tensor<T, Device>& x) const {
-    return tanh_ ? Tensor<T, Device>(gelu_tanh(x)) : Tensor<T, Device>(gelu(x));
+    return tanh_ ? Tensor<T, Device>(kiln::gelu_tanh(x)) : Tensor<T, Device>(kiln::gelu(x));
   }
   Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
   std::string approximate() const { return tanh_ ? "tanh" : "none"; }
@@ -57,21 +57,21 @@ class BasicGELU : public BasicModule<T, Device> {
 template <class T, class Device = cpu>
 class BasicSiLU : public BasicModule<T, Device> {
  public:
-  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return Tensor<T, Device>(silu(x)); }
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return Tensor<T, Device>(kiln::silu(x)); }
   Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
 };
 
 template <class T, class Device = cpu>
 class BasicTanh : public BasicModule<T, Device> {
  public:
-  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return Tensor<T, Device>(tanh(x)); }
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return Tensor<T, Device>(kiln::tanh(x)); }
   Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
 };
 
 template <class T, class Device = cpu>
 class BasicSigmoid : public BasicModule<T, Device> {
  public:
-  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return Tensor<T, Device>(sigmoid(x)); }
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return Tensor<T, Device>(kiln::sigmoid(x)); }
   Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
 };
 
@@ -83,7 +83,7 @@ class BasicSoftplus : public BasicModule<T, Device> {
     if (!(beta > 0)) throw_value_error("nn::Softplus", "beta must be positive, got " + std::to_string(beta));
   }
   Tensor<T, Device> forward(const Tensor<T, Device>& x) const {
-    return Tensor<T, Device>(softplus(x, beta_, threshold_));
+    return Tensor<T, Device>(kiln::softplus(x, beta_, threshold_));
   }
   Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
 

@@ -32,7 +32,7 @@ class BasicDropout : public BasicModule<T, Device> {
       throw_value_error("nn::Dropout", "the drop probability p must lie in [0, 1], got " + std::to_string(p));
   }
 
-  Tensor<T, Device> forward(const Tensor<T, Device>& x) { return dropout(x, p_, this->is_training(), generator_); }
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) { return kiln::dropout(x, p_, this->is_training(), generator_); }
   Tensor<T, Device> operator()(const Tensor<T, Device>& x) { return forward(x); }
 
   double p() const { return p_; }

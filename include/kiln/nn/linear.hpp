@@ -39,7 +39,7 @@ class BasicLinear : public BasicModule<T, Device> {
       : BasicLinear(in_features, out_features, true, rng) {}
 
   // x [..., in_features] -> [..., out_features].
-  tensor_type forward(const tensor_type& x) const { return linear(x, *weight_, bias()); }
+  tensor_type forward(const tensor_type& x) const { return kiln::linear(x, *weight_, bias()); }
   tensor_type operator()(const tensor_type& x) const { return forward(x); }
 
   // The parameters (sharing storage and autograd state with the module's); bias() is an

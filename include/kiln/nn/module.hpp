@@ -453,8 +453,8 @@ class BasicModule {
         }
       }
     });
-    if (matched == 0 && !names.empty()) {
-      std::string known;
+    if (matched == 0 && !prefix.empty()) {
+      std::string known = names.empty() ? "none" : "";
       for (std::size_t i = 0; i < names.size() && i < 12; ++i) known += (i ? ", " : "") + names[i];
       if (names.size() > 12) known += ", ...";
       throw_value_error((std::string("nn::Module::") + op).c_str(),
