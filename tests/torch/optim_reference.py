@@ -24,6 +24,7 @@ import json
 import math
 import struct
 import sys
+import warnings
 
 import torch
 
@@ -142,6 +143,8 @@ def main():
         sys.exit("usage: optim_reference.py DIR")
     directory = sys.argv[1]
     torch.set_num_threads(1)
+    # SequentialLR calls scheduler.step(0) at its milestone, which PyTorch 1.13 reports as deprecated.
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch.optim.lr_scheduler")
     with open("%s/cases.json" % directory) as f:
         cases = json.load(f)
     for case in cases:

@@ -262,7 +262,7 @@ class Optimizer {
       if (key.compare(0, prefix.size(), prefix) != 0 || dot == std::string::npos)
         detail::throw_optim_error(who, "unexpected state entry '" + key + "' (expected state.<index>.<name>)");
       const std::string digits = key.substr(prefix.size(), dot - prefix.size());
-      if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos)
+      if (digits.empty() || digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos)
         detail::throw_optim_error(who, "unexpected state entry '" + key + "' (expected state.<index>.<name>)");
       const std::size_t index = std::stoull(digits);
       if (index >= all.size())
