@@ -335,7 +335,8 @@ TEST_CASE("MultiheadSelfAttention output and gradients match PyTorch (nanoGPT la
   CHECK(max_rel_error(g[0], ref.get<double>("mhsa/grad/x")) <= 2e-4);
   std::size_t i = 1;
   for (const auto& [name, p] : attn.named_parameters()) {
-    INFO(name);
+    const std::string parameter_name = name;
+    INFO(parameter_name);
     CHECK(max_rel_error(g[i++], ref.get<double>("mhsa/grad/" + name)) <= 2e-4);
   }
 }
