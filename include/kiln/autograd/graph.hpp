@@ -246,8 +246,11 @@ void run_backward(const std::vector<Tensor<T, D>>& roots, const std::vector<Tens
       auto it = capture->find(meta.get());
       if (it != capture->end()) add(it->second, g);
     } else if (!meta->grad_fn || meta->retain) {
+      // A gradient may share storage with another tensor (a view of the seed, or the same tensor
+      // handed to several inputs): grad() gets storage of its own, so in-place edits of it
+      // (clipping) touch nothing else.
       if (!meta->grad.defined())
-        meta->grad = create_graph ? g.contiguous() : g.detach().contiguous();
+        meta->grad = create_graph ? g.contiguous() : g.detach().clone();
       else
         meta->grad = create_graph ? Tensor<T, D>(meta->grad + g) : Tensor<T, D>(meta->grad.detach() + g.detach());
     }
