@@ -189,9 +189,10 @@ TEST_CASE("default initialisation: U(±1/√fan_in) with fan_in from weight dim 
       {&g1, 1.0 / std::sqrt(64.0 * 16)},
       {&gt, 1.0 / std::sqrt(16.0 * 9)},
   };
-  for (const auto& [layer, bound] : layers) {
+  for (const auto& entry : layers) {
+    const double bound = entry.second;  // (clang 14 cannot capture structured bindings in CAPTURE)
     CAPTURE(bound);
-    const auto params = layer->named_parameters();
+    const auto params = entry.first->named_parameters();
     const Stats w = stats(params[0].second), b = stats(params[1].second);
     CHECK(w.max_abs <= bound);
     CHECK(w.max_abs > largest_fraction(w.n) * bound);

@@ -47,9 +47,9 @@ struct Geometry {
 
 std::string describe(const Geometry& g) {
   return "N" + std::to_string(g.N) + " Cin" + std::to_string(g.C_in) + " " + std::to_string(g.H) + "x" +
-         std::to_string(g.W) + " Cout" + std::to_string(g.C_out) + " k" + kiln::to_string(Size2d{g.KH, g.KW}) +
-         " s" + kiln::to_string(g.stride) + " p" + kiln::to_string(g.padding) + " d" + kiln::to_string(g.dilation) +
-         " g" + std::to_string(g.groups) + " op" + kiln::to_string(g.output_padding);
+         std::to_string(g.W) + " Cout" + std::to_string(g.C_out) + " k" + Size2d{g.KH, g.KW}.to_string() +
+         " s" + g.stride.to_string() + " p" + g.padding.to_string() + " d" + g.dilation.to_string() +
+         " g" + std::to_string(g.groups) + " op" + g.output_padding.to_string();
 }
 
 // y[n, co, oh, ow] = b[co] + Σ w[co, ci, kh, kw]·x[n, group·Cg + ci, oh·s − p + kh·d, ow·s − p + kw·d].

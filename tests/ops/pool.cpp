@@ -121,8 +121,8 @@ const std::vector<Window> avg_windows = {
 };
 
 std::string describe(const Window& w) {
-  return "k" + kiln::to_string(w.kernel) + " s" + kiln::to_string(w.stride) + " p" + kiln::to_string(w.padding) +
-         " d" + kiln::to_string(w.dilation) + (w.ceil_mode ? " ceil" : "") +
+  return "k" + w.kernel.to_string() + " s" + w.stride.to_string() + " p" + w.padding.to_string() +
+         " d" + w.dilation.to_string() + (w.ceil_mode ? " ceil" : "") +
          (w.count_include_pad ? " include_pad" : "") + " div" + std::to_string(w.divisor_override);
 }
 
@@ -252,7 +252,7 @@ TEST_CASE("avg_pool2d gradcheck and gradgradcheck") {
 
 TEST_CASE("adaptive_avg_pool2d gradcheck and gradgradcheck") {
   for (Size2d out : {Size2d{4, 3}, Size2d{2, 2}, Size2d{1, 1}, Size2d{9, 7}}) {
-    CAPTURE(kiln::to_string(out));
+    CAPTURE(out.to_string());
     expect_gradcheck([out](const Vec& v) { return kiln::adaptive_avg_pool2d(v[0], out); }, {rnd<double>({2, 2, 6, 5}, 7)},
                      true);
   }
@@ -263,13 +263,13 @@ TEST_CASE("adaptive_avg_pool2d gradcheck and gradgradcheck") {
 TEST_CASE("upsampling gradcheck and gradgradcheck") {
   const auto x = rnd<double>({2, 2, 3, 4}, 9);
   for (Size2d s : {Size2d{2}, Size2d{3, 2}}) {
-    CAPTURE(kiln::to_string(s));
+    CAPTURE(s.to_string());
     expect_gradcheck([s](const Vec& v) { return kiln::upsample_nearest2d(v[0], s); }, {x}, true);
     for (bool align : {false, true})
       expect_gradcheck([s, align](const Vec& v) { return kiln::upsample_bilinear2d(v[0], s, align); }, {x}, true);
   }
   for (Size2d size : {Size2d{5, 7}, Size2d{2, 3}, Size2d{1, 1}}) {
-    CAPTURE(kiln::to_string(size));
+    CAPTURE(size.to_string());
     expect_gradcheck([size](const Vec& v) { return kiln::upsample_nearest2d_to_size(v[0], size); }, {x}, true);
     for (bool align : {false, true})
       expect_gradcheck([size, align](const Vec& v) { return kiln::upsample_bilinear2d_to_size(v[0], size, align); },

@@ -48,10 +48,10 @@ inline void check_conv_module(const char* module, index_t in_channels, index_t o
     fail("in_channels = " + std::to_string(in_channels) + " is not divisible by groups = " + std::to_string(groups));
   if (out_channels % groups != 0)
     fail("out_channels = " + std::to_string(out_channels) + " is not divisible by groups = " + std::to_string(groups));
-  if (kernel_size.h < 1 || kernel_size.w < 1) fail("kernel_size must be >= 1, got " + to_string(kernel_size));
-  if (stride.h < 1 || stride.w < 1) fail("stride must be >= 1, got " + to_string(stride));
-  if (padding.h < 0 || padding.w < 0) fail("padding must be >= 0, got " + to_string(padding));
-  if (dilation.h < 1 || dilation.w < 1) fail("dilation must be >= 1, got " + to_string(dilation));
+  if (kernel_size.h < 1 || kernel_size.w < 1) fail("kernel_size must be >= 1, got " + kernel_size.to_string());
+  if (stride.h < 1 || stride.w < 1) fail("stride must be >= 1, got " + stride.to_string());
+  if (padding.h < 0 || padding.w < 0) fail("padding must be >= 0, got " + padding.to_string());
+  if (dilation.h < 1 || dilation.w < 1) fail("dilation must be >= 1, got " + dilation.to_string());
 }
 
 // PyTorch's _ConvNd.reset_parameters: kaiming_uniform_(weight, a = √5), i.e. U(−1/√fan_in, 1/√fan_in)
@@ -136,9 +136,9 @@ class BasicConvTranspose2d : public BasicModule<T, Device> {
     conv_detail::check_conv_module(module, in_channels, out_channels, kernel_size, stride, padding, dilation, groups);
     if (output_padding.h < 0 || output_padding.w < 0 || output_padding.h >= std::max(stride.h, dilation.h) ||
         output_padding.w >= std::max(stride.w, dilation.w))
-      throw_value_error(module, "output_padding " + to_string(output_padding) +
-                                    " must be >= 0 and smaller than either the stride (" + to_string(stride) +
-                                    ") or the dilation (" + to_string(dilation) + ")");
+      throw_value_error(module, "output_padding " + output_padding.to_string() +
+                                    " must be >= 0 and smaller than either the stride (" + stride.to_string() +
+                                    ") or the dilation (" + dilation.to_string() + ")");
     weight_ = &this->register_parameter(
         "weight", empty<T, Device>(Shape{in_channels, out_channels / groups, kernel_size.h, kernel_size.w}));
     if (bias) bias_ = &this->register_parameter("bias", empty<T, Device>(Shape{out_channels}));

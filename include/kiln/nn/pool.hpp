@@ -14,12 +14,12 @@ namespace pool_detail {
 
 inline void check_window(const char* module, Size2d kernel_size, Size2d stride, Size2d padding, Size2d dilation) {
   if (kernel_size.h < 1 || kernel_size.w < 1)
-    throw_value_error(module, "kernel_size must be >= 1, got " + to_string(kernel_size));
-  if (stride.h < 1 || stride.w < 1) throw_value_error(module, "stride must be >= 1, got " + to_string(stride));
+    throw_value_error(module, "kernel_size must be >= 1, got " + kernel_size.to_string());
+  if (stride.h < 1 || stride.w < 1) throw_value_error(module, "stride must be >= 1, got " + stride.to_string());
   if (padding.h < 0 || padding.w < 0 || padding.h > kernel_size.h / 2 || padding.w > kernel_size.w / 2)
-    throw_value_error(module, "padding " + to_string(padding) + " must be >= 0 and at most half the kernel size " +
-                                  to_string(kernel_size));
-  if (dilation.h < 1 || dilation.w < 1) throw_value_error(module, "dilation must be >= 1, got " + to_string(dilation));
+    throw_value_error(module, "padding " + padding.to_string() + " must be >= 0 and at most half the kernel size " +
+                                  kernel_size.to_string());
+  if (dilation.h < 1 || dilation.w < 1) throw_value_error(module, "dilation must be >= 1, got " + dilation.to_string());
 }
 
 }  // namespace pool_detail
@@ -90,7 +90,7 @@ class BasicAdaptiveAvgPool2d : public BasicModule<T, Device> {
  public:
   explicit BasicAdaptiveAvgPool2d(Size2d output_size) : output_size_(output_size) {
     if (output_size.h < 1 || output_size.w < 1)
-      throw_value_error("nn::AdaptiveAvgPool2d", "output_size must be >= 1, got " + to_string(output_size));
+      throw_value_error("nn::AdaptiveAvgPool2d", "output_size must be >= 1, got " + output_size.to_string());
   }
 
   Tensor<T, Device> forward(const Tensor<T, Device>& x) const { return adaptive_avg_pool2d(x, output_size_); }
@@ -116,7 +116,7 @@ class BasicUpsample : public BasicModule<T, Device> {
     if (align_corners && !bilinear_)
       throw_value_error(module, "align_corners applies to mode \"bilinear\" only (got mode \"nearest\")");
     if (scale_factor.h < 1 || scale_factor.w < 1)
-      throw_value_error(module, "scale_factor must be a positive integer, got " + to_string(scale_factor));
+      throw_value_error(module, "scale_factor must be a positive integer, got " + scale_factor.to_string());
   }
 
   Tensor<T, Device> forward(const Tensor<T, Device>& x) const {

@@ -23,10 +23,9 @@ struct Size2d {
   constexpr Size2d(index_t both) : h(both), w(both) {}  // NOLINT: implicit on purpose, `stride = 2`
   constexpr Size2d(index_t height, index_t width) : h(height), w(width) {}
   friend constexpr bool operator==(const Size2d&, const Size2d&) = default;
+  // "2x3" (a member: a free kiln::to_string(Size2d) would also take plain integers).
+  std::string to_string() const { return std::to_string(h) + "x" + std::to_string(w); }
 };
-
-// "2x3"
-inline std::string to_string(const Size2d& s) { return std::to_string(s.h) + "x" + std::to_string(s.w); }
 
 template <class T, class D>
 Tensor<T, D> conv2d(const Tensor<T, D>& input, const Tensor<T, D>& weight, const Tensor<T, D>& bias = {},

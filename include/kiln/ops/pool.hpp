@@ -95,7 +95,7 @@ Tensor<T, D> upsample(const char* op, const char* backward_name, const Tensor<T,
 
 inline Size2d scaled_size(const char* op, const Shape& input, Size2d scale_factor) {
   if (scale_factor.h < 1 || scale_factor.w < 1)
-    throw_value_error(op, "the scale factor must be a positive integer, got " + to_string(scale_factor));
+    throw_value_error(op, "the scale factor must be a positive integer, got " + scale_factor.to_string());
   if (input.ndim < 2) return Size2d{0};  // pool_batch reports the shape
   return Size2d{input.dims[input.ndim - 2] * scale_factor.h, input.dims[input.ndim - 1] * scale_factor.w};
 }
