@@ -1,9 +1,12 @@
 // kiln/data/loader.hpp — DataLoader: mini-batches of an in-memory dataset (inputs and integer
 // labels), shuffled each epoch with kiln's Philox RNG, optional drop-last, an optional transform
 // (augmentation) per batch, and a background thread that prepares the next batch.
-// Builds on core/tensor.hpp, core/factories.hpp (randperm) and the standard thread library.
+// Builds on core/tensor.hpp, core/factories.hpp (randperm), autograd (Tensor copies), the CPU backend (batches live on the
+// CPU) and the standard thread library.
 #pragma once
 
+#include <kiln/autograd/fused.hpp>
+#include <kiln/backend/cpu/backend.hpp>
 #include <kiln/core/factories.hpp>
 #include <kiln/core/philox.hpp>
 #include <kiln/core/tensor.hpp>
