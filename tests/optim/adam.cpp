@@ -75,16 +75,16 @@ TEST_CASE("Adam and AdamW follow torch.optim step for step") {
     cases.push_back(c);
   }
   {
-    // Large enough to be updated in chunks spread over threads.
+    // Large enough to be updated in chunks (parameter 0), and threaded.
     auto c = adam_case("adam_large", "\"lr\": 0.01, \"amsgrad\": true, \"weight_decay\": 0.01",
                        {.lr = 0.01, .weight_decay = 0.01, .amsgrad = true});
-    c.shapes = {{300, 300}, {40000}, {7}};
+    c.shapes = {{600, 500}, {40000}, {7}};
     c.steps = 5;
     cases.push_back(c);
   }
   {
     auto c = adamw_case("adamw_large", "\"lr\": 0.01", {.lr = 0.01});
-    c.shapes = {{256, 300}, {8193}, {7}};
+    c.shapes = {{512, 513}, {8193}, {7}};
     c.steps = 5;
     cases.push_back(c);
   }

@@ -21,7 +21,7 @@ using kiln::optim::StateDict;
 
 namespace {
 
-const std::vector<Shape> shapes = {{20, 30}, {9000}, {4}};
+const std::vector<Shape> shapes = {{20, 30}, {270000}, {4}};
 
 Parameters fresh_params(const std::vector<Tensor<float>>& values) {
   Parameters params;
@@ -264,8 +264,9 @@ TEST_CASE("optimizers reject duplicate and undefined parameters") {
 
 TEST_CASE("the result does not depend on the number of threads") {
   kiln::Rng rng(3);
-  const auto initial = kiln::randn<float>({400, 300}, rng);
-  const auto grad = kiln::randn<float>({400, 300}, rng);
+  // More than one update chunk (2^18 elements), each expression split over the threads.
+  const auto initial = kiln::randn<float>({700, 400}, rng);
+  const auto grad = kiln::randn<float>({700, 400}, rng);
   auto run = [&](int threads) {
     kiln::backend::cpu::set_num_threads(threads);
     auto p = initial.clone().requires_grad();

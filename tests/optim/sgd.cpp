@@ -44,10 +44,10 @@ TEST_CASE("SGD follows torch.optim.SGD step for step") {
     cases.push_back(c);
   }
   {
-    // Large enough to be updated in chunks spread over threads.
+    // Large enough to be updated in chunks (parameter 0), and threaded.
     auto c = sgd_case("large_nesterov", "\"lr\": 0.01, \"momentum\": 0.9, \"nesterov\": true",
                       {.lr = 0.01, .momentum = 0.9, .nesterov = true});
-    c.shapes = {{300, 300}, {40000}, {7}};
+    c.shapes = {{600, 500}, {40000}, {7}};
     c.steps = 5;
     cases.push_back(c);
   }

@@ -3,6 +3,7 @@
 // Builds on optim/optimizer.hpp (Parameters), expr/ops.hpp and backend/cpu/thread_pool.hpp.
 #pragma once
 
+#include <kiln/backend/cpu/thread_pool.hpp>
 #include <kiln/optim/optimizer.hpp>
 
 #include <algorithm>

@@ -2,13 +2,12 @@
 // parameters, step() and zero_grad(), learning-rate access, and state dicts that save and restore
 // the per-parameter state bit-exactly; also StateDict, the one format of every optim state.
 // Builds on core/tensor.hpp, autograd/graph.hpp (NoGrad, grad()), expr/ops.hpp (fused in-place
-// updates) and backend/cpu (Backend<cpu> evaluation, parallel_for over update chunks).
+// updates) and backend/cpu/backend.hpp (Backend<cpu> evaluates them, threaded).
 #pragma once
 
 #include <kiln/autograd/fused.hpp>  // defines record_fused, which assign() instantiates
 #include <kiln/autograd/graph.hpp>
 #include <kiln/backend/cpu/backend.hpp>
-#include <kiln/backend/cpu/thread_pool.hpp>
 #include <kiln/core/error.hpp>
 #include <kiln/core/tensor.hpp>
 #include <kiln/expr/eval.hpp>
@@ -67,12 +66,13 @@ struct ParamState {
 
 namespace detail {
 
-// An update is evaluated in chunks of this many elements: the parameter, its gradient and two or
-// three state buffers of one chunk (at most 5 × 32 KiB) stay in the L2 cache while the few fused
-// expressions of the update read and write them, so memory sees one pass per update.
-inline constexpr index_t update_chunk_elements = 8192;
-// Chunks worth handing to a thread of their own.
-inline constexpr index_t update_chunks_per_thread = 4;
+// An update is a few fused expressions (Adam: m, v, then p), each one pass. A large parameter
+// is updated chunk by chunk so that the second and third expressions read the chunk's p, g, m, v
+// back from the cache instead of memory: with 1 MiB per tensor a chunk's four or five tensors stay
+// in the last-level cache (measured on a 32 MiB L3: 18% faster than whole-tensor passes at 16M
+// elements; smaller chunks lose more to the per-expression overhead of ~0.3 µs than they gain).
+// Each expression spreads its chunk over kiln's threads itself.
+inline constexpr index_t update_chunk_elements = index_t(1) << 18;
 
 inline Tensor<float> flat_view(const Tensor<float>& t) { return t.defined() ? t.view({t.numel()}) : t; }
 inline Tensor<float> chunk_of(const Tensor<float>& flat, index_t begin, index_t end) {
@@ -80,8 +80,8 @@ inline Tensor<float> chunk_of(const Tensor<float>& flat, index_t begin, index_t 
 }
 
 // Calls body(tensors...) on matching pieces of tensors that all hold n elements (undefined ones are
-// passed through as they are): consecutive 1-d chunks spread over threads when every defined
-// tensor is contiguous, else the whole tensors once.
+// passed through as they are): consecutive 1-d chunks when every defined tensor is contiguous and
+// n exceeds one chunk, else the whole tensors once. The chunks do not depend on the thread count.
 template <class Body, class... Ts>
 void update_in_chunks(index_t n, Body&& body, const Ts&... tensors) {
   static_assert((std::is_same_v<Ts, Tensor<float>> && ...), "update_in_chunks takes Tensor<float> operands");
@@ -91,14 +91,10 @@ void update_in_chunks(index_t n, Body&& body, const Ts&... tensors) {
     return;
   }
   const std::tuple<Ts...> flats(flat_view(tensors)...);
-  const index_t chunks = (n + update_chunk_elements - 1) / update_chunk_elements;
-  backend::cpu::parallel_for(0, chunks, update_chunks_per_thread, [&](index_t first, index_t last) {
-    for (index_t c = first; c < last; ++c) {
-      const index_t begin = c * update_chunk_elements;
-      const index_t end = std::min(n, begin + update_chunk_elements);
-      std::apply([&](const auto&... f) { body(chunk_of(f, begin, end)...); }, flats);
-    }
-  });
+  for (index_t begin = 0; begin < n; begin += update_chunk_elements) {
+    const index_t end = std::min(n, begin + update_chunk_elements);
+    std::apply([&](const auto&... f) { body(chunk_of(f, begin, end)...); }, flats);
+  }
 }
 
 // Calls f with the gradient the update follows: -g when maximizing, plus weight_decay·p (L2
