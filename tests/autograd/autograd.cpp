@@ -249,3 +249,14 @@ TEST_CASE("float32 training of a tiny regression converges") {
   CHECK(first > 1.0f);
   CHECK(last < 1e-6f);
 }
+
+TEST_CASE("grad() of an input reached only through ops without a gradient is zero, as PyTorch") {
+  // d/dx of leaky_relu's derivative: the slope where(x > 0, 1, a) has no gradient in x.
+  auto x = kiln::from_vector<double>({0.5, -2.0}, {2}).requires_grad();
+  Tensor<double> y = kiln::leaky_relu(x, 0.2);
+  auto g = kiln::grad<double, kiln::cpu>({kiln::sum(y)}, {x}, {}, true, true);
+  CHECK(g[0].to_vector() == std::vector<double>{1.0, 0.2});
+  auto gg = kiln::grad<double, kiln::cpu>({kiln::sum(g[0])}, {x});
+  REQUIRE(gg[0].defined());
+  CHECK(gg[0].to_vector() == std::vector<double>{0.0, 0.0});
+}

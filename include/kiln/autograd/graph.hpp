@@ -206,7 +206,8 @@ void track_expand(const Tensor<T, Device>& in, Tensor<T, Device>& out) {
 template <class T, class D>
 void run_backward(const std::vector<Tensor<T, D>>& roots, const std::vector<Tensor<T, D>>& seeds, bool retain_graph,
                   bool create_graph,
-                  std::unordered_map<const AutogradMeta<T, D>*, Tensor<T, D>>* capture = nullptr) {
+                  std::unordered_map<const AutogradMeta<T, D>*, Tensor<T, D>>* capture = nullptr,
+                  std::unordered_set<const AutogradMeta<T, D>*>* reached = nullptr) {
   using Meta = AutogradMeta<T, D>;
   using N = Node<T, D>;
   EnableGrad mode(create_graph);
@@ -239,7 +240,12 @@ void run_backward(const std::vector<Tensor<T, D>>& roots, const std::vector<Tens
   };
   std::unordered_map<N*, Tensor<T, D>> grads;
   auto deliver = [&](const std::shared_ptr<Meta>& meta, const Tensor<T, D>& g) {
-    if (!g.defined()) return;
+    if (!g.defined()) {
+      // Reached through an op with no gradient for it (a comparison): a zero gradient, as PyTorch.
+      if (capture && capture->count(meta.get()) && reached) reached->insert(meta.get());
+      return;
+    }
+    if (capture && reached) reached->insert(meta.get());
     if (g.shape() != meta->shape)
       throw_shape_error("backward", "a gradient does not have the shape of its tensor", g.shape(), meta->shape);
     if (capture) {
@@ -285,7 +291,7 @@ void run_backward(const std::vector<Tensor<T, D>>& roots, const std::vector<Tens
     for (std::size_t i = 0; i < n->inputs.size(); ++i) {
       const auto& in = n->inputs[i];
       if (!in) continue;
-      if (g.defined()) deliver(in, outs[i]);
+      deliver(in, g.defined() ? outs[i] : Tensor<T, D>());
       if (in->grad_fn) {
         N* m = in->grad_fn.get();
         if (--pending[m] == 0) ready.push_back(m);
@@ -372,10 +378,12 @@ std::vector<Tensor<T, D>> grad(const std::vector<Tensor<T, D>>& outputs, const s
     if (!in.autograd_meta()) throw Error("kiln::grad: an input does not require grad");
     capture.emplace(in.autograd_meta().get(), Tensor<T, D>());
   }
-  detail::run_backward<T, D>(outputs, grad_outputs, retain_graph || create_graph, create_graph, &capture);
+  std::unordered_set<const detail::AutogradMeta<T, D>*> reached;
+  detail::run_backward<T, D>(outputs, grad_outputs, retain_graph || create_graph, create_graph, &capture, &reached);
   std::vector<Tensor<T, D>> result;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     Tensor<T, D> g = capture[inputs[i].autograd_meta().get()];
+    if (!g.defined() && reached.count(inputs[i].autograd_meta().get())) g = Tensor<T, D>(inputs[i].shape());
     if (!g.defined() && !allow_unused)
       throw Error("kiln::grad: input " + std::to_string(i) +
                   " was not used to compute the outputs (pass allow_unused = true to get an undefined tensor)");
