@@ -25,7 +25,7 @@ if [ -z "$data_dir" ]; then
 fi
 
 echo "==> configuring (build/release)"
-cmake --preset release >/dev/null
+cmake --preset release "-DCMAKE_CXX_FLAGS_RELEASE=-O3 -DNDEBUG" >/dev/null
 echo "==> building the examples"
 cmake --build build/release --target mlp -j"${KILN_BUILD_JOBS:-2}"
 
