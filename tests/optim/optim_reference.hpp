@@ -117,13 +117,15 @@ struct TrajectoryCase {
   bool transposed_grads = false;   // gradients are handed over as non-contiguous views
   // Computes the gradients itself (e.g. by backward()) instead of drawing them.
   std::function<void(const optim::Parameters&, int step)> make_grads;
-  // Compare within rtol · max(|expected|, floor). The floor keeps parameters that pass near zero
-  // from turning a few float ulps of an O(1) computation into a large relative error: PyTorch
-  // forms m·β1 + (1-β1)·g with an FMA (one rounding) where kiln rounds twice, which after a few
-  // steps moves a parameter by ~1e-8 absolute. Real differences (a missing decay term, a wrong
-  // bias correction) are orders of magnitude above 1e-7 absolute.
+  // Compare within rtol · max(|expected|, floor): relative to the parameters' scale (they start
+  // as N(0, 1)), so that one that passes near zero does not turn ulp differences of O(1)
+  // arithmetic into a large relative error. Those differences are real but harmless: PyTorch
+  // forms m·β1 + (1-β1)·g with an FMA (one rounding), and g++ and clang++ contract kiln's
+  // expressions into FMAs differently; RMSprop's steps of lr·g/sqrt(s) ~ 0.1-0.5 then differ by
+  // ~1e-7 absolute after a few steps. A wrong rule (a missing decay term, a wrong bias correction)
+  // is off by 1e-4 or more.
   double rtol = 1e-6;
-  double floor = 0.1;
+  double floor = 1.0;
 };
 
 // Runs every case in kiln, then all of them in one PyTorch process, and compares the parameter
@@ -215,11 +217,14 @@ inline void compare_with_torch(const std::string& tag, const std::vector<Traject
       for (const auto& [name, t] : optimizers[c]->state(k).tensors) {
         const std::string key = "state." + std::to_string(i) + "." + name;
         REQUIRE_MESSAGE(expected.count(key), "PyTorch has no state " << key);
-        // Buffers are compared relative to their own scale (1e-3 of their largest element).
+        // Buffers are compared normwise (relative to their largest element): a running average
+        // such as m = β1·m + (1-β1)·g cancels towards zero in places, where the ulp differences of
+        // an FMA formed or not (PyTorch, g++ and clang++ each decide differently) become large
+        // relative errors of the element itself.
         const std::vector<float> values = expected.at(key).to_vector();
         double largest = 0.0;
         for (float v : values) largest = std::max(largest, std::fabs(static_cast<double>(v)));
-        check_close(t, expected.at(key), tc.rtol, 1e-3 * largest, tc.name + " " + key);
+        check_close(t, expected.at(key), tc.rtol, largest, tc.name + " " + key);
         ++state_count;
       }
     }
