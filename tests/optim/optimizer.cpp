@@ -314,4 +314,7 @@ TEST_CASE("a gradient made with create_graph is used detached") {
   kiln::optim::SGD opt({w}, {.lr = 0.25});
   opt.step();
   CHECK(w.to_vector() == std::vector<float>{0.5f, 1.0f});
+  // A tracked gradient keeps its graph, which holds w: a cycle w → grad → graph → w (as in
+  // PyTorch) that only dropping the gradient breaks.
+  opt.zero_grad();
 }
