@@ -1,6 +1,7 @@
 // kiln/kiln.hpp — everything kiln offers on the CPU: tensors, lazy fused expressions,
 // automatic differentiation, differentiable ops and losses, nn modules, optimizers, data
-// loading, and files (gzip, IDX, safetensors, checkpoints).
+// loading and augmentation, files (gzip, IDX, safetensors, checkpoints), and the generative
+// model templates (kiln/models).
 // Builds on the headers of include/kiln and backends/cpu.
 #pragma once
 
@@ -40,6 +41,7 @@
 #include <kiln/nn/nn.hpp>
 #include <kiln/optim/optim.hpp>
 
+#include <kiln/data/augment.hpp>
 #include <kiln/data/fashion_mnist.hpp>
 #include <kiln/data/idx.hpp>
 #include <kiln/data/loader.hpp>
@@ -48,5 +50,7 @@
 #include <kiln/io/json.hpp>
 #include <kiln/io/progress.hpp>
 #include <kiln/io/safetensors.hpp>
+
+#include <kiln/models/vae.hpp>
 
 #include <kiln/backend/cpu/backend.hpp>

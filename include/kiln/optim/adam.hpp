@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace kiln::optim {
@@ -74,7 +75,8 @@ namespace detail {
 //   p = p·(1 - lr·weight_decay) for AdamW (Loshchilov & Hutter 2019, decoupled decay)
 //   p = p - (lr / (1-β1^t)) · m / (sqrt(v) / sqrt(1-β2^t) + eps)
 // Scalars are formed in double and rounded to float once, like PyTorch's Python-side scalars.
-inline void adam_update(const AdamOptions& o, bool decoupled, Tensor<float> p, Tensor<float> g, ParamState& state) {
+template <class T>
+void adam_update(const AdamOptions& o, bool decoupled, Tensor<T> p, Tensor<T> g, ParamState& state) {
   const double t = static_cast<double>(state.step);
   const double bias_correction1 = 1.0 - std::pow(o.beta1, t);
   const double bias_correction2 = 1.0 - std::pow(o.beta2, t);
@@ -116,10 +118,13 @@ inline void adam_update(const AdamOptions& o, bool decoupled, Tensor<float> p, T
 
 // Adam with L2 weight decay (the decay term is added to the gradient). State per parameter:
 // "exp_avg", "exp_avg_sq", and "max_exp_avg_sq" with AMSGrad.
-class Adam : public OptimizerWithOptions<AdamOptions> {
+template <class T = float>
+class BasicAdam : public OptimizerWithOptions<AdamOptions> {
  public:
-  explicit Adam(Parameters params, const AdamOptions& options = {}) { add_param_group(std::move(params), options); }
-  explicit Adam(std::vector<ParamGroup> groups) { add_groups(std::move(groups)); }
+  static_assert(std::is_same_v<T, float>, "kiln::optim::Adam updates float parameters");
+
+  explicit BasicAdam(Parameters params, const AdamOptions& options = {}) { add_param_group(std::move(params), options); }
+  explicit BasicAdam(std::vector<ParamGroup> groups) { add_groups(std::move(groups)); }
 
   const char* kind() const override { return "Adam"; }
 
@@ -129,13 +134,18 @@ class Adam : public OptimizerWithOptions<AdamOptions> {
     detail::adam_update(options_[group], false, std::move(p), std::move(g), state);
   }
 };
+// A class template so that its update kernels are compiled only where the optimizer is used.
+using Adam = BasicAdam<>;
 
 // AdamW: Adam with decoupled weight decay, p ← p·(1 - lr·weight_decay) before the Adam step.
 // State per parameter as Adam's.
-class AdamW : public OptimizerWithOptions<AdamWOptions> {
+template <class T = float>
+class BasicAdamW : public OptimizerWithOptions<AdamWOptions> {
  public:
-  explicit AdamW(Parameters params, const AdamWOptions& options = {}) { add_param_group(std::move(params), options); }
-  explicit AdamW(std::vector<ParamGroup> groups) { add_groups(std::move(groups)); }
+  static_assert(std::is_same_v<T, float>, "kiln::optim::AdamW updates float parameters");
+
+  explicit BasicAdamW(Parameters params, const AdamWOptions& options = {}) { add_param_group(std::move(params), options); }
+  explicit BasicAdamW(std::vector<ParamGroup> groups) { add_groups(std::move(groups)); }
 
   const char* kind() const override { return "AdamW"; }
 
@@ -145,5 +155,7 @@ class AdamW : public OptimizerWithOptions<AdamWOptions> {
     detail::adam_update(options_[group].as_adam(), true, std::move(p), std::move(g), state);
   }
 };
+// A class template so that its update kernels are compiled only where the optimizer is used.
+using AdamW = BasicAdamW<>;
 
 }  // namespace kiln::optim

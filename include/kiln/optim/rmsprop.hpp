@@ -7,6 +7,7 @@
 
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace kiln::optim {
@@ -46,12 +47,15 @@ struct RMSpropOptions {
 //   r = sqrt(s [- a²]) + eps
 //   momentum μ > 0:  b = μ·b + d / r,  p = p - lr·b;   else  p = p - lr·d / r
 // State per parameter: "square_avg", "grad_avg" (centered), "momentum_buffer" (μ > 0).
-class RMSprop : public OptimizerWithOptions<RMSpropOptions> {
+template <class T = float>
+class BasicRMSprop : public OptimizerWithOptions<RMSpropOptions> {
  public:
-  explicit RMSprop(Parameters params, const RMSpropOptions& options = {}) {
+  static_assert(std::is_same_v<T, float>, "kiln::optim::RMSprop updates float parameters");
+
+  explicit BasicRMSprop(Parameters params, const RMSpropOptions& options = {}) {
     add_param_group(std::move(params), options);
   }
-  explicit RMSprop(std::vector<ParamGroup> groups) { add_groups(std::move(groups)); }
+  explicit BasicRMSprop(std::vector<ParamGroup> groups) { add_groups(std::move(groups)); }
 
   const char* kind() const override { return "RMSprop"; }
 
@@ -97,5 +101,7 @@ class RMSprop : public OptimizerWithOptions<RMSpropOptions> {
         p, g, square_avg, grad_avg, buffer);
   }
 };
+// A class template so that its update kernels are compiled only where the optimizer is used.
+using RMSprop = BasicRMSprop<>;
 
 }  // namespace kiln::optim

@@ -7,6 +7,7 @@
 
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace kiln::optim {
@@ -45,10 +46,13 @@ struct SGDOptions {
 //   first update:  b = d;   later: b = μ·b + (1 - dampening)·d
 //   p = p - lr·(d + μ·b) with Nesterov, p - lr·b without, p - lr·d when μ = 0.
 // State per parameter: "momentum_buffer" (only when μ != 0).
-class SGD : public OptimizerWithOptions<SGDOptions> {
+template <class T = float>
+class BasicSGD : public OptimizerWithOptions<SGDOptions> {
  public:
-  explicit SGD(Parameters params, const SGDOptions& options = {}) { add_param_group(std::move(params), options); }
-  explicit SGD(std::vector<ParamGroup> groups) { add_groups(std::move(groups)); }
+  static_assert(std::is_same_v<T, float>, "kiln::optim::SGD updates float parameters");
+
+  explicit BasicSGD(Parameters params, const SGDOptions& options = {}) { add_param_group(std::move(params), options); }
+  explicit BasicSGD(std::vector<ParamGroup> groups) { add_groups(std::move(groups)); }
 
   const char* kind() const override { return "SGD"; }
 
@@ -88,5 +92,7 @@ class SGD : public OptimizerWithOptions<SGDOptions> {
         p, g, buffer);
   }
 };
+// A class template so that its update kernels are compiled only where the optimizer is used.
+using SGD = BasicSGD<>;
 
 }  // namespace kiln::optim
