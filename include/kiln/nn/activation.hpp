@@ -1,5 +1,5 @@
 // kiln/nn/activation.hpp — activation modules as in torch.nn: ReLU, LeakyReLU, GELU, SiLU, Tanh,
-// Sigmoid, Softplus, plus Identity and Flatten. Builds on nn/module.hpp and the fused elementwise
+// Sigmoid, Softplus, plus Identity, Flatten and Unflatten. Builds on nn/module.hpp and the fused elementwise
 // functions of expr/ops.hpp (their gradients come from autograd/fused.hpp).
 #pragma once
 
@@ -9,6 +9,8 @@
 #include <kiln/nn/module.hpp>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace kiln::nn {
 
@@ -112,6 +114,37 @@ class BasicFlatten : public BasicModule<T, Device> {
   int start_dim_, end_dim_;
 };
 
+// Splits dim `dim` into `sizes` (torch.nn.Unflatten), e.g. [B, 3136] -> [B, 64, 7, 7] with
+// dim 1 and sizes {64, 7, 7}; a view when the strides allow it.
+template <class T, class Device = cpu>
+class BasicUnflatten : public BasicModule<T, Device> {
+ public:
+  BasicUnflatten(int dim, std::vector<index_t> sizes) : dim_(dim), sizes_(std::move(sizes)) {
+    if (sizes_.empty()) throw_value_error("nn::Unflatten", "sizes must not be empty");
+  }
+  Tensor<T, Device> forward(const Tensor<T, Device>& x) const {
+    const int d = normalize_axis("nn::Unflatten", dim_, x.dim());
+    index_t product = 1;
+    for (index_t s : sizes_) product *= s;
+    if (product != x.size(d))
+      throw_shape_error("nn::Unflatten", "dim " + std::to_string(d) + " has " + std::to_string(x.size(d)) +
+                                             " elements, the sizes multiply to " + std::to_string(product),
+                        x.shape());
+    if (x.dim() - 1 + static_cast<int>(sizes_.size()) > max_dims)
+      throw_shape_error("nn::Unflatten", "the result would have more than 8 dims", x.shape());
+    Shape out;
+    for (int i = 0; i < d; ++i) out.dims[out.ndim++] = x.size(i);
+    for (index_t s : sizes_) out.dims[out.ndim++] = s;
+    for (int i = d + 1; i < x.dim(); ++i) out.dims[out.ndim++] = x.size(i);
+    return x.reshape(out);
+  }
+  Tensor<T, Device> operator()(const Tensor<T, Device>& x) const { return forward(x); }
+
+ private:
+  int dim_;
+  std::vector<index_t> sizes_;
+};
+
 using ReLU = BasicReLU<float, cpu>;
 using LeakyReLU = BasicLeakyReLU<float, cpu>;
 using GELU = BasicGELU<float, cpu>;
@@ -121,5 +154,6 @@ using Sigmoid = BasicSigmoid<float, cpu>;
 using Softplus = BasicSoftplus<float, cpu>;
 using Identity = BasicIdentity<float, cpu>;
 using Flatten = BasicFlatten<float, cpu>;
+using Unflatten = BasicUnflatten<float, cpu>;
 
 }  // namespace kiln::nn
