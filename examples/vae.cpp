@@ -292,7 +292,7 @@ int run(const Options& o, const std::string& config) {
 int main(int argc, char** argv) {
   Options o;
   example::Cli cli("vae", "trains a variational autoencoder on Fashion-MNIST with kiln");
-  cli.add("--data", o.data, "Fashion-MNIST IDX folder (default: $KILN_FASHION_MNIST or Debian's dataset-fashion-mnist)");
+  cli.add("--data", o.data, "Fashion-MNIST IDX folder (default: $KILN_FASHION_MNIST or Debian's dataset-fashion-mnist)", "DIR");
   cli.add("--out", o.out, "output folder", "DIR");
   cli.add("--epochs", o.epochs, "epochs to train");
   cli.add("--steps", o.steps, "stop after N steps in total (-1: the epochs decide)");
