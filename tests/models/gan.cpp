@@ -252,10 +252,12 @@ TEST_CASE("train_step: critic_steps discriminator updates per generator update, 
     CHECK(std::isfinite(r.g_loss));
     CHECK(r.penalty > 0);
     // The same round written out by hand.
+    kiln::Tensor<float> fake;
     for (int s = 0; s < 3; ++s) {
-      kiln::Tensor<float> fake;
-      {
+      if (s < 2) {
         kiln::NoGrad guard;
+        fake = b->generate(b->latent(3, rb));
+      } else {
         fake = b->generate(b->latent(3, rb));
       }
       db.zero_grad();
@@ -263,7 +265,7 @@ TEST_CASE("train_step: critic_steps discriminator updates per generator update, 
       db.step();
     }
     gb.zero_grad();
-    b->generator_loss(b->generate(b->latent(3, rb))).backward();
+    b->generator_loss(fake).backward();
     gb.step();
   }
   CHECK(da.step_count() == 6);
@@ -315,6 +317,31 @@ TEST_CASE("EMA: sample() uses the hand-computed average of the generator's weigh
   // sample(n, rng) draws z ~ N(0, I) from the rng: the same as sample_from of those draws.
   kiln::Rng r1(9), r2(9);
   CHECK(gan.sample(4, r1).to_vector() == gan.sample_from(kiln::randn<float>({4, 2}, r2)).to_vector());
+}
+
+TEST_CASE("EMA warm-up: the n-th update uses min(decay, (1 + n) / (10 + n))") {
+  using GAN = kiln::models::GAN<kiln::nn::Linear, kiln::nn::Linear>;
+  kiln::Rng init(6);
+  auto g = std::make_shared<kiln::nn::Linear>(2, 3, init);
+  auto d = std::make_shared<kiln::nn::Linear>(3, 1, init);
+  GANOptions o;
+  o.ema_decay = 0.999;
+  o.ema_warmup = true;
+  GAN gan(g, d, 2, o);
+  std::vector<float> avg = g->bias().to_vector();
+  kiln::optim::SGDOptions so;
+  so.lr = 0.5;
+  kiln::optim::SGD go(g->parameters(), so), dopt(d->parameters(), so);
+  const kiln::Tensor<float> real = kiln::from_vector<float>({1, 0, 0.5f, -1, 2, 0}, {2, 3});
+  kiln::Rng rng(1);
+  for (int n = 1; n <= 2; ++n) {
+    gan.train_step(real, {}, rng, go, dopt);
+    const double decay = (1.0 + n) / (10.0 + n);
+    const auto b = g->bias().to_vector();
+    for (std::size_t i = 0; i < b.size(); ++i) avg[i] = static_cast<float>(decay * avg[i] + (1 - decay) * b[i]);
+  }
+  const auto shadow = gan.state_dict().at("generator_ema.bias").to_vector();
+  for (std::size_t i = 0; i < shadow.size(); ++i) CHECK(shadow[i] == doctest::Approx(avg[i]).epsilon(1e-5));
 }
 
 TEST_CASE("conditional networks receive the labels") {

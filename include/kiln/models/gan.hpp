@@ -55,6 +55,10 @@ struct GANOptions {
   // Decay of the exponential moving average of the generator's parameters (0: no EMA). With an
   // EMA, sample() draws from the averaged weights.
   double ema_decay = 0;
+  // With an EMA: the decay of the n-th update is min(ema_decay, (1 + n) / (10 + n)), so that the
+  // average leaves the initial weights quickly in short runs (ExponentialMovingAverage's
+  // use_num_updates rule).
+  bool ema_warmup = false;
 };
 
 // One evaluation of the discriminator's objective.
@@ -128,7 +132,8 @@ class GAN : public nn::BasicModule<T, Device> {
     discriminator_ = this->register_module("discriminator", std::move(discriminator));
     if (options.ema_decay > 0) {
       if constexpr (std::is_same_v<T, float> && std::is_same_v<Device, cpu>) {
-        ema_ = std::make_unique<optim::ExponentialMovingAverage>(generator_->parameters(), options.ema_decay);
+        ema_ = std::make_unique<optim::ExponentialMovingAverage>(generator_->parameters(), options.ema_decay,
+                                                                options.ema_warmup);
         register_ema_buffers();
       } else {
         throw_value_error("models::GAN",
@@ -242,19 +247,26 @@ class GAN : public nn::BasicModule<T, Device> {
 
   // One round of training on a real batch: critic_steps discriminator updates (each with a fresh
   // fake batch from `rng` against the same real batch; fakes get the real batch's labels), then
-  // one generator update and the EMA update. During the generator's step the discriminator's
-  // parameters do not record gradients (they are frozen and unfrozen again).
+  // one generator update on the last of those fake batches (as PyTorch's DCGAN example: the
+  // generator runs once per round when critic_steps = 1) and the EMA update. During the
+  // generator's step the discriminator's parameters do not record gradients (they are frozen and
+  // unfrozen again). The same loop written out:
+  //   for each critic step s:  fake = generate(latent(B, rng), labels)   (under NoGrad unless s is the last)
+  //                            d_opt.zero_grad(); discriminator_loss(real, fake, labels, rng).loss.backward(); d_opt.step()
+  //   g_opt.zero_grad(); generator_loss(fake, labels).backward(); g_opt.step(); update_ema()
   GANStepResult train_step(const tensor_type& real, const labels_type& labels, Rng& rng, optim::Optimizer& g_opt,
                            optim::Optimizer& d_opt) {
     if (real.dim() < 1 || real.size(0) < 1)
       throw_shape_error("models::GAN::train_step", "real must be a non-empty batch [B, ...]", real.shape());
     const index_t b = real.size(0);
     GANStepResult out;
+    tensor_type fake;
     for (int s = 0; s < options_.critic_steps; ++s) {
-      tensor_type fake;
-      {
+      if (s + 1 < options_.critic_steps) {
         NoGrad guard;
         fake = generate(latent(b, rng), labels);
+      } else {
+        fake = generate(latent(b, rng), labels);  // recorded: the generator's step reuses it
       }
       d_opt.zero_grad();
       const loss_type d = discriminator_loss(real, fake, labels, rng);
@@ -268,7 +280,7 @@ class GAN : public nn::BasicModule<T, Device> {
     g_opt.zero_grad();
     {
       FrozenParameters frozen(*discriminator_);
-      const tensor_type g_loss = generator_loss(generate(latent(b, rng), labels), labels);
+      const tensor_type g_loss = generator_loss(fake, labels);
       g_loss.backward();
       out.g_loss = static_cast<double>(g_loss.item());
     }
