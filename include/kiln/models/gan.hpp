@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <concepts>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -45,8 +46,8 @@ enum class GANLoss {
 
 struct GANOptions {
   GANLoss loss = GANLoss::non_saturating;
-  // λ of WGAN-GP (Gulrajani et al. 2017, eq. 3): λ·E[(‖∇_x̂ D(x̂)‖₂ − 1)²] at x̂ = ε·real + (1 − ε)·fake,
-  // ε ~ U[0, 1] per example; 0: off.
+  // λ of WGAN-GP (Gulrajani et al. 2017, eq. 3): λ·E[(‖∇_x̂ D(x̂)‖₂ − 1)²] at x̂ = ε·real + (1 −
+  // ε)·fake, ε ~ U[0, 1] per example; 0: off.
   double gradient_penalty = 0;
   // γ of the R1 penalty (Mescheder et al. 2018, eq. 9): γ/2·E[‖∇_x D(x_real)‖²]; 0: off.
   double r1 = 0;
@@ -82,7 +83,8 @@ concept UnconditionalGANNetwork = requires(M& m, const Tensor<T, Device>& x) {
   { m.forward(x) } -> std::convertible_to<Tensor<T, Device>>;
 };
 template <class M, class T, class Device>
-concept ConditionalGANNetwork = requires(M& m, const Tensor<T, Device>& x, const Tensor<index_t, Device>& labels) {
+concept ConditionalGANNetwork = requires(M& m, const Tensor<T, Device>& x,
+                                         const Tensor<index_t, Device>& labels) {
   { m.forward(x, labels) } -> std::convertible_to<Tensor<T, Device>>;
 };
 
@@ -91,7 +93,9 @@ concept ConditionalGANNetwork = requires(M& m, const Tensor<T, Device>& x, const
 // [B, 1]). They are registered as the children "generator" and "discriminator". With ema_decay > 0
 // the EMA of the generator's parameters is kept by an optim::ExponentialMovingAverage whose
 // shadow tensors are also registered as buffers of the child "generator_ema" (under the
-// generator's own parameter names), so state dicts and checkpoints carry it.
+// generator's own parameter names), with its update count in the buffer
+// "generator_ema.num_updates" (exact up to 2^24 updates), so state dicts and checkpoints carry it:
+// after load_state_dict the next use of the EMA picks up the loaded count.
 //
 // Sampling with the EMA swaps the averaged weights into the generator and back (store, copy_to,
 // restore), instead of keeping a second generator: modules are not copyable, and a swap costs two
@@ -101,43 +105,59 @@ concept ConditionalGANNetwork = requires(M& m, const Tensor<T, Device>& x, const
 template <class Generator, class Discriminator, class T = float, class Device = cpu>
 class GAN : public nn::BasicModule<T, Device> {
   static_assert(std::derived_from<Generator, nn::BasicModule<T, Device>>,
-                "kiln::models::GAN: the generator must derive from nn::BasicModule<T, Device> with the GAN's T and Device");
+                "kiln::models::GAN: the generator must derive from nn::BasicModule<T, Device> with "
+                "the GAN's T and Device");
   static_assert(std::derived_from<Discriminator, nn::BasicModule<T, Device>>,
-                "kiln::models::GAN: the discriminator must derive from nn::BasicModule<T, Device> with the GAN's T and "
+                "kiln::models::GAN: the discriminator must derive from nn::BasicModule<T, Device> "
+                "with the GAN's T and "
                 "Device");
-  static_assert(UnconditionalGANNetwork<Generator, T, Device> || ConditionalGANNetwork<Generator, T, Device>,
-                "kiln::models::GAN: the generator needs forward(const Tensor<T, Device>& z) or forward(z, const "
+  static_assert(UnconditionalGANNetwork<Generator, T, Device> ||
+                    ConditionalGANNetwork<Generator, T, Device>,
+                "kiln::models::GAN: the generator needs forward(const Tensor<T, Device>& z) or "
+                "forward(z, const "
                 "Tensor<index_t, Device>& labels) returning a Tensor<T, Device>");
-  static_assert(UnconditionalGANNetwork<Discriminator, T, Device> || ConditionalGANNetwork<Discriminator, T, Device>,
-                "kiln::models::GAN: the discriminator needs forward(const Tensor<T, Device>& x) or forward(x, const "
+  static_assert(UnconditionalGANNetwork<Discriminator, T, Device> ||
+                    ConditionalGANNetwork<Discriminator, T, Device>,
+                "kiln::models::GAN: the discriminator needs forward(const Tensor<T, Device>& x) or "
+                "forward(x, const "
                 "Tensor<index_t, Device>& labels) returning a Tensor<T, Device>");
 
  public:
   using tensor_type = Tensor<T, Device>;
   using labels_type = Tensor<index_t, Device>;
   using loss_type = DiscriminatorLoss<T, Device>;
+  // optim::ExponentialMovingAverage holds float tensors on the CPU.
+  static constexpr bool ema_supported = std::is_same_v<T, float> && std::is_same_v<Device, cpu>;
 
-  GAN(std::shared_ptr<Generator> generator, std::shared_ptr<Discriminator> discriminator, index_t latent_dim,
-      GANOptions options = {})
+  GAN(std::shared_ptr<Generator> generator, std::shared_ptr<Discriminator> discriminator,
+      index_t latent_dim, GANOptions options = {})
       : latent_(latent_dim), options_(options) {
-    if (latent_dim < 1) throw_value_error("models::GAN", "the latent dimension must be positive, got " + std::to_string(latent_dim));
+    if (latent_dim < 1)
+      throw_value_error("models::GAN",
+                        "the latent dimension must be positive, got " + std::to_string(latent_dim));
     if (!(options.gradient_penalty >= 0))
-      throw_value_error("models::GAN", "gradient_penalty must be non-negative, got " + std::to_string(options.gradient_penalty));
-    if (!(options.r1 >= 0)) throw_value_error("models::GAN", "r1 must be non-negative, got " + std::to_string(options.r1));
+      throw_value_error("models::GAN", "gradient_penalty must be non-negative, got " +
+                                           std::to_string(options.gradient_penalty));
+    if (!(options.r1 >= 0))
+      throw_value_error("models::GAN",
+                        "r1 must be non-negative, got " + std::to_string(options.r1));
     if (options.critic_steps < 1)
-      throw_value_error("models::GAN", "critic_steps must be at least 1, got " + std::to_string(options.critic_steps));
+      throw_value_error("models::GAN", "critic_steps must be at least 1, got " +
+                                           std::to_string(options.critic_steps));
     if (!(options.ema_decay >= 0 && options.ema_decay < 1))
-      throw_value_error("models::GAN", "ema_decay must be in [0, 1), got " + std::to_string(options.ema_decay));
+      throw_value_error("models::GAN",
+                        "ema_decay must be in [0, 1), got " + std::to_string(options.ema_decay));
     generator_ = this->register_module("generator", std::move(generator));
     discriminator_ = this->register_module("discriminator", std::move(discriminator));
     if (options.ema_decay > 0) {
-      if constexpr (std::is_same_v<T, float> && std::is_same_v<Device, cpu>) {
-        ema_ = std::make_unique<optim::ExponentialMovingAverage>(generator_->parameters(), options.ema_decay,
-                                                                options.ema_warmup);
+      if constexpr (ema_supported) {
+        ema_ = std::make_unique<optim::ExponentialMovingAverage>(
+            generator_->parameters(), options.ema_decay, options.ema_warmup);
         register_ema_buffers();
       } else {
         throw_value_error("models::GAN",
-                          "an EMA of the generator (ema_decay > 0) needs T = float on the CPU (optim::ExponentialMovingAverage)");
+                          "an EMA of the generator (ema_decay > 0) needs T = float on the CPU "
+                          "(optim::ExponentialMovingAverage)");
       }
     }
   }
@@ -147,7 +167,10 @@ class GAN : public nn::BasicModule<T, Device> {
   index_t latent_dim() const { return latent_; }
   const GANOptions& options() const { return options_; }
   // The EMA of the generator's parameters, or nullptr without one.
-  optim::ExponentialMovingAverage* ema() { return ema_.get(); }
+  optim::ExponentialMovingAverage* ema() {
+    sync_ema();
+    return ema_.get();
+  }
 
   // z ~ N(0, I), [n, latent_dim].
   tensor_type latent(index_t n, Rng& rng) const { return randn<T, Device>(Shape{n, latent_}, rng); }
@@ -158,22 +181,27 @@ class GAN : public nn::BasicModule<T, Device> {
   }
   // D(x) or D(x, labels), one value per example: [B].
   tensor_type discriminate(const tensor_type& x, const labels_type& labels = {}) {
-    if (x.dim() < 1 || x.size(0) < 1) throw_shape_error("models::GAN::discriminate", "x must be a non-empty batch [B, ...]", x.shape());
+    if (x.dim() < 1 || x.size(0) < 1)
+      throw_shape_error("models::GAN::discriminate", "x must be a non-empty batch [B, ...]",
+                        x.shape());
     tensor_type d = call(*discriminator_, "discriminator", "models::GAN::discriminate", x, labels);
     if (d.numel() != x.size(0))
-      throw_shape_error("models::GAN::discriminate",
-                        "the discriminator must give one value per example ([B] or [B, 1]); input and output are", x.shape(),
-                        d.shape());
+      throw_shape_error(
+          "models::GAN::discriminate",
+          "the discriminator must give one value per example ([B] or [B, 1]); input and output are",
+          x.shape(), d.shape());
     return d.dim() == 1 ? d : d.reshape(Shape{x.size(0)});
   }
 
   // The discriminator's loss on a real and a fake batch (the fake is detached here, so the
   // generator gets no gradient), plus the penalties the options turn on. The gradient penalty
   // draws ε from `rng`; without an rng it throws when the penalty is on.
-  loss_type discriminator_loss(const tensor_type& real, const tensor_type& fake, const labels_type& labels = {}) {
+  loss_type discriminator_loss(const tensor_type& real, const tensor_type& fake,
+                               const labels_type& labels = {}) {
     return discriminator_loss_impl(real, fake, labels, nullptr);
   }
-  loss_type discriminator_loss(const tensor_type& real, const tensor_type& fake, const labels_type& labels, Rng& rng) {
+  loss_type discriminator_loss(const tensor_type& real, const tensor_type& fake,
+                               const labels_type& labels, Rng& rng) {
     return discriminator_loss_impl(real, fake, labels, &rng);
   }
 
@@ -195,10 +223,14 @@ class GAN : public nn::BasicModule<T, Device> {
   // ε_b ~ U[0, 1] from `rng`, with λ = options().gradient_penalty. The gradient is taken with
   // create_graph, so the penalty is differentiable in D's parameters (it trains D). The norm is
   // sqrt(Σ g² + 1e-12), so that a zero gradient gives a finite derivative.
-  tensor_type gradient_penalty(const tensor_type& real, const tensor_type& fake, Rng& rng, const labels_type& labels = {}) {
+  tensor_type gradient_penalty(const tensor_type& real, const tensor_type& fake, Rng& rng,
+                               const labels_type& labels = {}) {
     const char* who = "models::GAN::gradient_penalty";
-    if (real.shape() != fake.shape()) throw_shape_error(who, "real and fake batches must have the same shape", real.shape(), fake.shape());
-    if (real.dim() < 1 || real.size(0) < 1) throw_shape_error(who, "real must be a non-empty batch [B, ...]", real.shape());
+    if (real.shape() != fake.shape())
+      throw_shape_error(who, "real and fake batches must have the same shape", real.shape(),
+                        fake.shape());
+    if (real.dim() < 1 || real.size(0) < 1)
+      throw_shape_error(who, "real must be a non-empty batch [B, ...]", real.shape());
     const index_t b = real.size(0);
     Shape eps_shape = real.shape();
     for (int i = 1; i < eps_shape.ndim; ++i) eps_shape[i] = 1;
@@ -228,13 +260,15 @@ class GAN : public nn::BasicModule<T, Device> {
   // n samples of the generator for z ~ N(0, I) from `rng` (labels: one class per sample for a
   // conditional generator), without recording; with an EMA, from the averaged weights.
   tensor_type sample(index_t n, Rng& rng, const labels_type& labels = {}) {
-    if (n < 1) throw_value_error("models::GAN::sample", "n must be positive, got " + std::to_string(n));
+    if (n < 1)
+      throw_value_error("models::GAN::sample", "n must be positive, got " + std::to_string(n));
     return sample_from(latent(n, rng), labels);
   }
   // The generator's output for given latents (the EMA weights when on), without recording.
   tensor_type sample_from(const tensor_type& z, const labels_type& labels = {}) {
     NoGrad guard;
     if (!ema_) return generate(z, labels);
+    sync_ema();
     EmaSwap swap(*ema_);
     return generate(z, labels).clone();
   }
@@ -242,7 +276,11 @@ class GAN : public nn::BasicModule<T, Device> {
   // Moves the EMA towards the generator's current parameters (no-op without an EMA); train_step
   // calls it after every generator update.
   void update_ema() {
-    if (ema_) ema_->update();
+    if (!ema_) return;
+    sync_ema();
+    ema_->update();
+    NoGrad guard;
+    ema_count_->fill_(static_cast<T>(ema_->num_updates()));
   }
 
   // One round of training on a real batch: critic_steps discriminator updates (each with a fresh
@@ -251,13 +289,16 @@ class GAN : public nn::BasicModule<T, Device> {
   // generator runs once per round when critic_steps = 1) and the EMA update. During the
   // generator's step the discriminator's parameters do not record gradients (they are frozen and
   // unfrozen again). The same loop written out:
-  //   for each critic step s:  fake = generate(latent(B, rng), labels)   (under NoGrad unless s is the last)
-  //                            d_opt.zero_grad(); discriminator_loss(real, fake, labels, rng).loss.backward(); d_opt.step()
+  //   for each critic step s:  fake = generate(latent(B, rng), labels)   (under NoGrad unless s is
+  //   the last)
+  //                            d_opt.zero_grad(); discriminator_loss(real, fake, labels,
+  //                            rng).loss.backward(); d_opt.step()
   //   g_opt.zero_grad(); generator_loss(fake, labels).backward(); g_opt.step(); update_ema()
-  GANStepResult train_step(const tensor_type& real, const labels_type& labels, Rng& rng, optim::Optimizer& g_opt,
-                           optim::Optimizer& d_opt) {
+  GANStepResult train_step(const tensor_type& real, const labels_type& labels, Rng& rng,
+                           optim::Optimizer& g_opt, optim::Optimizer& d_opt) {
     if (real.dim() < 1 || real.size(0) < 1)
-      throw_shape_error("models::GAN::train_step", "real must be a non-empty batch [B, ...]", real.shape());
+      throw_shape_error("models::GAN::train_step", "real must be a non-empty batch [B, ...]",
+                        real.shape());
     const index_t b = real.size(0);
     GANStepResult out;
     tensor_type fake;
@@ -292,11 +333,14 @@ class GAN : public nn::BasicModule<T, Device> {
  private:
   // Calls net.forward(x) or net.forward(x, labels), whichever the labels ask for.
   template <class Net>
-  static tensor_type call(Net& net, const char* role, const char* who, const tensor_type& x, const labels_type& labels) {
+  static tensor_type call(Net& net, const char* role, const char* who, const tensor_type& x,
+                          const labels_type& labels) {
     if (labels.defined()) {
       if constexpr (ConditionalGANNetwork<Net, T, Device>) {
         if (labels.dim() != 1 || x.dim() < 1 || labels.size(0) != x.size(0))
-          throw_shape_error(who, std::string("the labels must be [B], one per example of the ") + role + "'s input; input and labels are",
+          throw_shape_error(who,
+                            std::string("the labels must be [B], one per example of the ") + role +
+                                "'s input; input and labels are",
                             x.shape(), labels.shape());
         return tensor_type(net.forward(x, labels));
       } else {
@@ -307,7 +351,8 @@ class GAN : public nn::BasicModule<T, Device> {
       if constexpr (UnconditionalGANNetwork<Net, T, Device>) {
         return tensor_type(net.forward(x));
       } else {
-        throw_value_error(who, std::string("the ") + role + " is conditional (forward(x, labels)): pass the labels");
+        throw_value_error(who, std::string("the ") + role +
+                                   " is conditional (forward(x, labels)): pass the labels");
       }
     }
   }
@@ -320,15 +365,21 @@ class GAN : public nn::BasicModule<T, Device> {
   tensor_type r1_of(const tensor_type& d_real, const tensor_type& x) const {
     const index_t b = x.size(0);
     const tensor_type g = input_gradient(d_real, x);
-    return tensor_type(mean(sum(square(g.reshape(Shape{b, -1})), 1)) * static_cast<T>(options_.r1 / 2));
+    return tensor_type(mean(sum(square(g.reshape(Shape{b, -1})), 1)) *
+                       static_cast<T>(options_.r1 / 2));
   }
 
-  loss_type discriminator_loss_impl(const tensor_type& real, const tensor_type& fake, const labels_type& labels, Rng* rng) {
+  loss_type discriminator_loss_impl(const tensor_type& real, const tensor_type& fake,
+                                    const labels_type& labels, Rng* rng) {
     const char* who = "models::GAN::discriminator_loss";
-    if (real.dim() < 1 || real.size(0) < 1) throw_shape_error(who, "real must be a non-empty batch [B, ...]", real.shape());
-    if (fake.dim() < 1 || fake.size(0) < 1) throw_shape_error(who, "fake must be a non-empty batch [B, ...]", fake.shape());
+    if (real.dim() < 1 || real.size(0) < 1)
+      throw_shape_error(who, "real must be a non-empty batch [B, ...]", real.shape());
+    if (fake.dim() < 1 || fake.size(0) < 1)
+      throw_shape_error(who, "fake must be a non-empty batch [B, ...]", fake.shape());
     if (options_.gradient_penalty > 0 && !rng)
-      throw_value_error(who, "the gradient penalty draws its mixing weights: pass an Rng (discriminator_loss(real, fake, labels, rng))");
+      throw_value_error(who,
+                        "the gradient penalty draws its mixing weights: pass an Rng "
+                        "(discriminator_loss(real, fake, labels, rng))");
     loss_type out;
     // With R1 the real batch's forward pass is shared by the loss and the penalty.
     tensor_type real_in = real.detach();
@@ -398,7 +449,8 @@ class GAN : public nn::BasicModule<T, Device> {
   // Registers each EMA shadow tensor as a buffer of "generator_ema", nested like the generator
   // ("generator.0.weight" is averaged in "generator_ema.0.weight").
   void register_ema_buffers() {
-    auto root = this->register_module("generator_ema", std::make_shared<nn::BasicModule<T, Device>>());
+    auto root =
+        this->register_module("generator_ema", std::make_shared<nn::BasicModule<T, Device>>());
     std::map<std::string, std::shared_ptr<nn::BasicModule<T, Device>>> made{{"", root}};
     const auto named = generator_->named_parameters();
     const auto& shadow = ema_->shadow_params();
@@ -406,20 +458,55 @@ class GAN : public nn::BasicModule<T, Device> {
       const std::string& name = named[i].first;
       std::string prefix;
       std::size_t start = 0;
-      for (std::size_t dot = name.find('.'); dot != std::string::npos; dot = name.find('.', start)) {
+      for (std::size_t dot = name.find('.'); dot != std::string::npos;
+           dot = name.find('.', start)) {
         const std::string part = name.substr(start, dot - start);
         const std::string path = prefix.empty() ? part : prefix + "." + part;
-        if (!made.count(path)) made[path] = made[prefix]->register_module(part, std::make_shared<nn::BasicModule<T, Device>>());
+        if (!made.count(path))
+          made[path] =
+              made[prefix]->register_module(part, std::make_shared<nn::BasicModule<T, Device>>());
         prefix = path;
         start = dot + 1;
       }
-      made[prefix]->register_buffer(name.substr(start), shadow[i]);
+      ema_slots_.push_back(&made[prefix]->register_buffer(name.substr(start), shadow[i]));
+    }
+    ema_count_ = &root->register_buffer("num_updates", zeros<T, Device>(Shape{1}));
+  }
+
+  // Keeps the EMA object and its buffers consistent. The buffers share storage with the EMA's
+  // shadow tensors, so a load_state_dict of this module (which copies in place) updates both; the
+  // loaded count is then handed to the EMA. When the EMA itself was reloaded (ema()->
+  // load_state_dict, which makes new shadow tensors) the buffers are pointed at its tensors.
+  void sync_ema() {
+    if constexpr (ema_supported) {
+      if (!ema_) return;
+      const auto& shadow = ema_->shadow_params();
+      bool rebound = false;
+      for (std::size_t i = 0; i < ema_slots_.size(); ++i)
+        if (ema_slots_[i]->data() != shadow[i].data()) {
+          *ema_slots_[i] = shadow[i];
+          rebound = true;
+        }
+      NoGrad guard;
+      if (rebound) {
+        ema_count_->fill_(static_cast<T>(ema_->num_updates()));
+        return;
+      }
+      const auto stored =
+          static_cast<std::int64_t>(std::llround(static_cast<double>(ema_count_->item())));
+      if (stored == ema_->num_updates()) return;
+      optim::StateDict dict = ema_->state_dict();
+      dict.counters["num_updates"] = stored;
+      ema_->load_state_dict(dict);
+      for (std::size_t i = 0; i < ema_slots_.size(); ++i) *ema_slots_[i] = ema_->shadow_params()[i];
     }
   }
 
   std::shared_ptr<Generator> generator_;
   std::shared_ptr<Discriminator> discriminator_;
   std::unique_ptr<optim::ExponentialMovingAverage> ema_;
+  std::vector<tensor_type*> ema_slots_;  // the buffers holding the shadow tensors
+  tensor_type* ema_count_ = nullptr;     // the buffer holding the number of EMA updates
   index_t latent_;
   GANOptions options_;
 };
