@@ -229,8 +229,9 @@ TEST_CASE(
   CHECK(p.item() > 0);
   p.backward();
   const double h = 1e-6;
-  for (const auto& [name, param] : gan.discriminator().named_parameters()) {
-    CAPTURE(name);
+  for (const auto& named : gan.discriminator().named_parameters()) {
+    const kiln::Tensor<double>& param = named.second;
+    CAPTURE(named.first);
     // The last bias does not change ∇_x D: its gradient may be left undefined (zero).
     const std::vector<double> analytic =
         param.grad().defined() ? param.grad().to_vector()
