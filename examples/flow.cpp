@@ -50,6 +50,7 @@ struct Options {
   long glow_steps = 4;
   long glow_hidden = 64;
   long test_images = 10000;
+  double clip_norm = 0;
   int threads = 0;
   std::uint64_t seed = 0;
   bool deterministic = false;
@@ -166,7 +167,8 @@ int run(const Options& o, const std::string& config) {
               flow->num_levels());
   kiln::optim::AdamOptions adam;
   adam.lr = o.lr;
-  kiln::optim::Adam opt(flow->parameters(), adam);
+  const auto params = flow->parameters();
+  kiln::optim::Adam opt(params, adam);
 
   kiln::data::LoaderOptions lo;
   lo.batch_size = o.batch;
@@ -231,6 +233,7 @@ int run(const Options& o, const std::string& config) {
       opt.zero_grad();
       const Tensor<float> loss = kiln::mean(-flow->log_prob(x));  // mean NLL, nats per image
       loss.backward();
+      if (o.clip_norm > 0) kiln::optim::clip_grad_norm_(params, o.clip_norm);
       opt.step();
       ++step;
       const double bpd = to_bpd(loss.item());
@@ -303,6 +306,7 @@ int main(int argc, char** argv) {
   cli.flag("--glow", o.glow, "a Glow-style multi-scale convolutional flow instead of W5's RealNVP");
   cli.add("--glow-steps", o.glow_steps, "Glow: steps (ActNorm, 1x1 conv, coupling) per level");
   cli.add("--glow-hidden", o.glow_hidden, "Glow: channels of the coupling networks");
+  cli.add("--clip-norm", o.clip_norm, "clip the gradients' total 2-norm to X before each step (0: off, as W5)");
   cli.add("--test-images", o.test_images, "test images of the bits/dim evaluation (at most 10000)");
   cli.add("--threads", o.threads, "CPU threads (0: KILN_NUM_THREADS or all cores)");
   cli.add("--seed", o.seed, "seed of the initialization, shuffling and dequantization noise");
@@ -313,6 +317,7 @@ int main(int argc, char** argv) {
     if (o.epochs < 1 || o.batch < 1 || o.couplings < 1 || o.hidden < 1 || o.glow_steps < 1 || o.glow_hidden < 1 ||
         o.test_images < 1 || !(o.lr > 0))
       throw std::runtime_error("--epochs, --batch, --couplings, --hidden, --glow-steps, --glow-hidden, --test-images and --lr must be positive");
+    if (!(o.clip_norm >= 0)) throw std::runtime_error("--clip-norm must not be negative");
     if (!(o.alpha >= 0 && o.alpha < 0.5)) throw std::runtime_error("--alpha must lie in [0, 0.5)");
     return run(o, cli.config());
   } catch (const std::exception& e) {
