@@ -8,6 +8,7 @@
 #include <kiln/autograd/fused.hpp>
 #include <kiln/backend/cpu/backend.hpp>
 #include <kiln/models/diffusion.hpp>
+#include <kiln/optim/adam.hpp>
 
 #include <cmath>
 #include <algorithm>
@@ -266,4 +267,69 @@ TEST_CASE("timesteps outside the schedule are named") {
   CHECK_THROWS_WITH_AS(model.q_sample(kiln::zeros<double>({1, 1}), kiln::from_vector<index_t>({10}, {1}), kiln::zeros<double>({1, 1})),
                        doctest::Contains("timestep 10"), kiln::ValueError);
   CHECK_THROWS_AS(model.ddim_sample(1, {1}, 11, *std::make_unique<kiln::Rng>(1)), kiln::ValueError);
+}
+
+TEST_CASE("the forward-process posterior equals the product of the two Gaussians (Bayes)") {
+  const auto s = NoiseSchedule::cosine(50);
+  kiln::models::Diffusion<DiracOracle, double> model(std::make_shared<DiracOracle>(s, kiln::zeros<double>({1}), false), s);
+  for (index_t t : {1, 5, 25, 49}) {
+    // q(x_{t−1} | x_0) = N(√ᾱ' x_0, 1 − ᾱ'), q(x_t | x_{t−1}) = N(√α x_{t−1}, β): the posterior's
+    // precision is 1/(1 − ᾱ') + α/β, its mean (√ᾱ' x_0/(1 − ᾱ') + √α x_t/β)/precision.
+    const double ab_prev = s.alpha_bars[static_cast<std::size_t>(t - 1)], alpha = s.alphas[static_cast<std::size_t>(t)],
+                 beta = s.betas[static_cast<std::size_t>(t)];
+    const double precision = 1 / (1 - ab_prev) + alpha / beta;
+    const auto q = model.posterior(t);
+    CHECK(q.variance == doctest::Approx(1 / precision).epsilon(1e-12));
+    CHECK(q.c0 == doctest::Approx(std::sqrt(ab_prev) / (1 - ab_prev) / precision).epsilon(1e-12));
+    CHECK(q.ct == doctest::Approx(std::sqrt(alpha) / beta / precision).epsilon(1e-12));
+  }
+  const auto q0 = model.posterior(0);
+  CHECK(q0.c0 == doctest::Approx(1.0));
+  CHECK(q0.ct == doctest::Approx(0.0));
+  CHECK(q0.variance == doctest::Approx(0.0));
+}
+
+TEST_CASE("DDIM with eta = 0 draws only x_T: the result is a function of the starting noise") {
+  const auto s = NoiseSchedule::linear(40, 1e-3, 0.2);
+  kiln::models::Diffusion<GaussianOracle, double> model(std::make_shared<GaussianOracle>(s, 0.3, 0.7), s);
+  kiln::Rng a(9), b(9), c(9);
+  const D first = model.ddim_sample(5, {2}, 10, a);
+  const D second = model.ddim_sample(5, {2}, 10, b);
+  CHECK(first.to_vector() == second.to_vector());
+  (void)kiln::randn<double>({5, 2}, c);  // exactly the draw of x_T
+  CHECK(a.state().offset == c.state().offset);
+  kiln::Rng d(9);
+  (void)model.ddim_sample(5, {2}, 10, d, 1.0);
+  CHECK(d.state().offset > c.state().offset);  // η > 0 draws noise at every step
+}
+
+// A one-layer denoiser x ↦ w x + b (per timestep-agnostic), enough to learn part of the noise.
+struct TinyNet : kiln::nn::BasicModule<float> {
+  explicit TinyNet(kiln::Rng& rng) { lin = register_module("lin", std::make_shared<kiln::nn::BasicLinear<float>>(4, 4, rng)); }
+  kiln::Tensor<float> forward(const kiln::Tensor<float>& x, const I&) const { return lin->forward(x); }
+  std::shared_ptr<kiln::nn::BasicLinear<float>> lin;
+};
+
+TEST_CASE("training on tiny data makes the loss fall") {
+  kiln::Rng rng(4);
+  const auto s = NoiseSchedule::linear(100);
+  kiln::models::Diffusion<TinyNet> model(std::make_shared<TinyNet>(rng), s);
+  const auto data = kiln::from_vector<float>({0.5f, -0.5f, 1.0f, 0.0f, 0.5f, -0.5f, 1.0f, 0.0f}, {2, 4});
+  kiln::optim::Adam opt(model.parameters(), {.lr = 1e-2});
+  auto average_loss = [&](kiln::Rng& r) {
+    kiln::NoGrad guard;
+    double sum = 0;
+    for (int i = 0; i < 200; ++i) sum += model.loss(data, r).item();
+    return sum / 200;
+  };
+  kiln::Rng eval1(77), eval2(77);
+  const double before = average_loss(eval1);
+  for (int step = 0; step < 300; ++step) {
+    opt.zero_grad();
+    auto loss = model.loss(data, rng);
+    loss.backward();
+    opt.step();
+  }
+  const double after = average_loss(eval2);
+  CHECK(after < 0.6 * before);
 }

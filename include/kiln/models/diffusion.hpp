@@ -214,6 +214,22 @@ class Diffusion : public nn::BasicModule<T, Device> {
     return x0;
   }
 
+  // The coefficients of the forward-process posterior q(x_{t−1} | x_t, x_0) = N(c_0 x_0 + c_t x_t, var)
+  // (Ho et al. 2020, eq. 6–7): c_0 = √ᾱ_{t−1} β_t/(1 − ᾱ_t), c_t = √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t),
+  // var = β̃_t = (1 − ᾱ_{t−1}) β_t/(1 − ᾱ_t), with ᾱ_{−1} = 1 (so at t = 0 the posterior is x_0).
+  struct Posterior {
+    double c0, ct, variance;
+  };
+  Posterior posterior(index_t step) const {
+    if (step < 0 || step >= schedule_.steps())
+      throw_value_error("models::Diffusion::posterior", "timestep " + std::to_string(step) + " is outside [0, " +
+                                                            std::to_string(schedule_.steps()) + ")");
+    const double ab = schedule_.alpha_bars[static_cast<std::size_t>(step)];
+    const double ab_prev = step > 0 ? schedule_.alpha_bars[static_cast<std::size_t>(step - 1)] : 1.0;
+    const double beta = schedule_.betas[static_cast<std::size_t>(step)];
+    return {std::sqrt(ab_prev) * beta / (1 - ab), std::sqrt(1 - beta) * (1 - ab_prev) / (1 - ab), (1 - ab_prev) / (1 - ab) * beta};
+  }
+
   // Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2) of n examples of `shape` (without the
   // batch dim): from x_{T−1} ~ N(0, I), x_{t−1} = μ̃_t(x_t, x̂_0) + σ_t z with the posterior mean
   // μ̃_t = (√ᾱ_{t−1} β_t/(1 − ᾱ_t)) x̂_0 + (√α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t)) x_t and σ_t² the
@@ -226,13 +242,10 @@ class Diffusion : public nn::BasicModule<T, Device> {
       const index_tensor t = full_labels(n, step);
       const tensor_type eps = epsilon(x, t, labels, guidance);
       const tensor_type x0 = predict_x0(x, t, eps);
-      const double ab = schedule_.alpha_bars[static_cast<std::size_t>(step)];
-      const double ab_prev = step > 0 ? schedule_.alpha_bars[static_cast<std::size_t>(step - 1)] : 1.0;
-      const double beta = schedule_.betas[static_cast<std::size_t>(step)];
-      const T c0 = static_cast<T>(std::sqrt(ab_prev) * beta / (1 - ab));
-      const T ct = static_cast<T>(std::sqrt(1 - beta) * (1 - ab_prev) / (1 - ab));
+      const Posterior q = posterior(step);
+      const T c0 = static_cast<T>(q.c0), ct = static_cast<T>(q.ct);
       if (step > 0) {
-        const T sigma = static_cast<T>(std::sqrt((1 - ab_prev) / (1 - ab) * beta));
+        const T sigma = static_cast<T>(std::sqrt(q.variance));
         const tensor_type z = randn<T, Device>(x.shape(), rng);
         x = tensor_type(x0 * c0 + x * ct + z * sigma);
       } else {
