@@ -1,7 +1,7 @@
 // kiln/kiln.hpp — everything kiln offers on the CPU: tensors, lazy fused expressions,
 // automatic differentiation, differentiable ops and losses, nn modules, optimizers, data
-// loading and augmentation, files (gzip, IDX, safetensors, checkpoints), and the generative
-// model templates (kiln/models).
+// loading and augmentation, files (gzip, IDX, safetensors, checkpoints, PNG images and plots),
+// AUROC, and the generative model templates of kiln/models (GAN, VAE, flow, diffusion).
 // Builds on the headers of include/kiln and backends/cpu.
 #pragma once
 
@@ -48,9 +48,16 @@
 #include <kiln/io/checkpoint.hpp>
 #include <kiln/io/gzip.hpp>
 #include <kiln/io/json.hpp>
+#include <kiln/io/plot.hpp>
+#include <kiln/io/png.hpp>
 #include <kiln/io/progress.hpp>
 #include <kiln/io/safetensors.hpp>
 
+#include <kiln/metrics/auroc.hpp>
+
+#include <kiln/models/diffusion.hpp>
+#include <kiln/models/flow.hpp>
+#include <kiln/models/gan.hpp>
 #include <kiln/models/vae.hpp>
 
 #include <kiln/backend/cpu/backend.hpp>
