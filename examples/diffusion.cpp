@@ -6,6 +6,7 @@
 // configuration, checkpoints (resumable bit for bit; Ctrl-C saves one) and the final weights.
 #include "common.hpp"
 
+#include <kiln/data/augment.hpp>
 #include <kiln/data/fashion_mnist.hpp>
 #include <kiln/data/loader.hpp>
 #include <kiln/io/checkpoint.hpp>
@@ -42,6 +43,7 @@ struct Options {
   int threads = 0;
   std::uint64_t seed = 0;
   bool deterministic = false;
+  bool flip = false;
 };
 
 // Labels for a grid of 64 samples: one row of eight per class 0…7 (or all `cls`).
@@ -90,7 +92,8 @@ int run(const Options& o, const std::string& config) {
   kiln::data::LoaderOptions lo;
   lo.batch_size = o.batch;
   lo.seed = o.seed;
-  kiln::data::DataLoader loader(images, train.labels, lo);
+  kiln::data::DataLoader loader(images, train.labels, lo,
+                                o.flip ? kiln::data::DataLoader::Transform(kiln::data::RandomHorizontalFlip{0.5}) : nullptr);
   const long per_epoch = loader.num_batches();
   long total = per_epoch * o.epochs;
   if (o.steps >= 0 && o.steps < total) total = o.steps;
@@ -197,6 +200,7 @@ int main(int argc, char** argv) {
   cli.add("--guidance", o.guidance, "with --conditional: guidance scale w");
   cli.add("--ddim-steps", o.ddim_steps, "steps of the DDIM sampler");
   cli.add("--ddpm-every", o.ddpm_every, "epochs between 1000-step ancestral sample grids (0: never)");
+  cli.flag("--flip", o.flip, "augment: flip each training image left-right with probability 1/2");
   cli.add("--threads", o.threads, "CPU threads (0: KILN_NUM_THREADS or all cores)");
   cli.add("--seed", o.seed, "seed of the initialization, shuffling and noise");
   cli.flag("--deterministic", o.deterministic, "one thread, so runs repeat bit for bit on any core count");
