@@ -181,6 +181,7 @@ void split_labelled(const Labels& labels, long per_class, std::uint64_t seed,
                                " training images, fewer than --labels-per-class");
   for (index_t i = 0; i < n; ++i)
     (chosen[static_cast<std::size_t>(i)] ? labelled : unlabelled).push_back(i);
+  if (unlabelled.empty()) throw std::runtime_error("--labels-per-class leaves no unlabelled images");
 }
 
 // Batch `step` of an endless sequence of epochs of a loader (epoch = step / batches per epoch), so
@@ -205,6 +206,7 @@ class Cycler {
 };
 
 struct Evaluation {
+  bool done = false;
   double accuracy = 0;
   std::array<double, classes> per_class{};
 };
@@ -233,6 +235,7 @@ Evaluation evaluate(Classifier& net, const Tensor<float>& images, const Labels& 
     e.per_class[c] = count[c] ? static_cast<double>(right[c]) / static_cast<double>(count[c]) : 0;
   }
   e.accuracy = static_cast<double>(total_right) / static_cast<double>(n);
+  e.done = true;
   return e;
 }
 
@@ -356,7 +359,8 @@ int run(const Options& o, const std::string& config) {
   kiln::optim::Adam baseline_opt(baseline->parameters(), adam), d_opt(d->parameters(), adam),
       g_opt(g->parameters(), adam);
 
-  const long baseline_total = baseline_batches.per_epoch() * o.baseline_epochs;
+  long baseline_total = baseline_batches.per_epoch() * o.baseline_epochs;
+  if (o.steps >= 0 && o.steps < baseline_total) baseline_total = o.steps;
   long gan_total = unlabelled_batches.per_epoch() * o.epochs;
   if (o.steps >= 0 && o.steps < gan_total) gan_total = o.steps;
 
@@ -382,7 +386,13 @@ int run(const Options& o, const std::string& config) {
     baseline->noise_generator() = rng_from_text(value_of(bst, "input_noise_rng", b_path), b_path);
     baseline_done = value_of(bst, "done", b_path) == "1";
     baseline_seconds = std::strtod(value_of(bst, "seconds", b_path).c_str(), nullptr);
-    if (baseline_done) baseline_eval.accuracy = std::strtod(value_of(bst, "test_accuracy", b_path).c_str(), nullptr);
+    if (baseline_done) {
+      baseline_eval.done = true;
+      baseline_eval.accuracy = std::strtod(value_of(bst, "test_accuracy", b_path).c_str(), nullptr);
+      for (std::size_t c = 0; c < classes; ++c)
+        baseline_eval.per_class[c] =
+            std::strtod(value_of(bst, "test_accuracy_class_" + std::to_string(c), b_path).c_str(), nullptr);
+    }
     const std::string d_path = (from / "checkpoint.safetensors").string();
     if (fs::exists(d_path)) {
       const std::string gp = (from / "checkpoint_generator_optimizer.safetensors").string();
@@ -400,14 +410,19 @@ int run(const Options& o, const std::string& config) {
     std::printf("resumed from %s: baseline step %ld%s, GAN step %ld\n", from.string().c_str(), baseline_step,
                 baseline_done ? " (done)" : "", gan_step);
   }
-  std::ofstream(o.out + "/config.txt")
-      << config << "data_dir " << dir << "\nlabelled_images " << labelled_x.size(0) << "\nunlabelled_images "
-      << unlabelled_x.size(0) << "\ntest_images " << test_x.size(0) << "\nbaseline_steps_total " << baseline_total
-      << "\ngan_steps_total " << gan_total << "\nlabelled_rows_first ";
   {
-    std::ofstream cfg(o.out + "/config.txt", std::ios::app);
-    for (std::size_t i = 0; i < 10 && i < labelled_rows.size(); ++i) cfg << (i ? "," : "") << labelled_rows[i];
+    std::ofstream cfg(o.out + "/config.txt");
+    cfg << config << "data_dir " << dir << "\nlabelled_images " << labelled_x.size(0) << "\nunlabelled_images "
+        << unlabelled_x.size(0) << "\ntest_images " << test_x.size(0) << "\nbaseline_steps_total " << baseline_total
+        << "\ngan_steps_total " << gan_total << "\nlabelled_rows_first";
+    for (std::size_t i = 0; i < 10 && i < labelled_rows.size(); ++i) cfg << (i ? "," : " ") << labelled_rows[i];
     cfg << "\n";
+  }
+  if (o.resume.empty()) {
+    // A fresh run: checkpoints left in the folder by an earlier run must not be resumed later.
+    std::filesystem::remove(baseline_ckpt);
+    std::filesystem::remove(ckpt);
+    std::filesystem::remove(g_ckpt);
   }
 
   const auto save_baseline = [&](long at, double secs) {
@@ -418,6 +433,8 @@ int run(const Options& o, const std::string& config) {
     st.values["done"] = baseline_done ? "1" : "0";
     st.values["seconds"] = std::to_string(secs);
     st.values["test_accuracy"] = std::to_string(baseline_eval.accuracy);
+    for (std::size_t c = 0; c < classes; ++c)
+      st.values["test_accuracy_class_" + std::to_string(c)] = std::to_string(baseline_eval.per_class[c]);
     kiln::io::save_checkpoint(baseline_ckpt, *baseline, baseline_opt, st);
   };
   const auto save_gan = [&](long at, double secs) {
@@ -441,8 +458,8 @@ int run(const Options& o, const std::string& config) {
                                 {"step", "epoch", "loss", "train_accuracy", "test_accuracy", "seconds"}, resumed);
   example::Curve baseline_curve = curve_from_log(o.out + "/baseline_log.csv", "baseline CE", "step", "loss");
   if (!baseline_done) {
-    std::printf("(a) baseline: %ld labelled images, %d epochs (%ld steps)\n", static_cast<long>(labelled_x.size(0)),
-                o.baseline_epochs, baseline_total);
+    std::printf("(a) baseline: %ld labelled images, %ld steps (%.1f epochs)\n", static_cast<long>(labelled_x.size(0)),
+                baseline_total, static_cast<double>(baseline_total) / static_cast<double>(baseline_batches.per_epoch()));
     kiln::io::ProgressBar bar("baseline", baseline_total);
     bar.set_start(baseline_step);
     const auto t0 = std::chrono::steady_clock::now();
@@ -490,7 +507,7 @@ int run(const Options& o, const std::string& config) {
                     static_cast<double>(loss.item()));
       bar.update(baseline_step, text);
     }
-    if (baseline_eval.accuracy == 0) baseline_eval = evaluate(*baseline, test_x, test_y);
+    if (!baseline_eval.done) baseline_eval = evaluate(*baseline, test_x, test_y);
     baseline_done = true;
     baseline_seconds = before + seconds_since(t0);
     save_baseline(baseline_step, baseline_seconds);
@@ -582,7 +599,7 @@ int run(const Options& o, const std::string& config) {
     bar.update(gan_step, text);
   }
   gan_seconds = before + seconds_since(t0);
-  if (gan_total == 0 || gan_eval.accuracy == 0) gan_eval = evaluate(*d, test_x, test_y);
+  if (!gan_eval.done) gan_eval = evaluate(*d, test_x, test_y);
   save_gan(gan_step, gan_seconds);
   write_samples();
   example::save_curves(o.out + "/loss.png",
@@ -604,16 +621,13 @@ int run(const Options& o, const std::string& config) {
           << gan_step << "\ngan_seconds " << gan_seconds << "\ngan_steps_per_second "
           << (gan_seconds > 0 ? static_cast<double>(gan_step) / gan_seconds : 0.0) << "\nthreads " << kiln::num_threads()
           << "\nd_real " << last.d_real << "\nd_fake " << last.d_fake << "\ng_loss " << last.g_loss << "\n";
-  const bool per_class = baseline_eval.per_class[0] > 0 || baseline_eval.per_class[1] > 0;
-  for (std::size_t c = 0; c < classes; ++c) {
-    if (per_class) summary << "baseline_class_" << c << " " << baseline_eval.per_class[c] << "\n";
-    summary << "ssl_gan_class_" << c << " " << gan_eval.per_class[c] << "\n";
-  }
+  for (std::size_t c = 0; c < classes; ++c)
+    summary << "baseline_class_" << c << " " << baseline_eval.per_class[c] << "\nssl_gan_class_" << c << " "
+            << gan_eval.per_class[c] << "\n";
   std::printf("\n%-14s %10s %10s\n", "test accuracy", "baseline", "SSL-GAN");
-  if (per_class)
-    for (std::size_t c = 0; c < classes; ++c)
-      std::printf("%-14s %9.1f%% %9.1f%%\n", kiln::data::fashion_mnist_classes[c], 100 * baseline_eval.per_class[c],
-                  100 * gan_eval.per_class[c]);
+  for (std::size_t c = 0; c < classes; ++c)
+    std::printf("%-14s %9.1f%% %9.1f%%\n", kiln::data::fashion_mnist_classes[c], 100 * baseline_eval.per_class[c],
+                100 * gan_eval.per_class[c]);
   std::printf("%-14s %9.2f%% %9.2f%%\n", "all (10,000)", 100 * baseline_eval.accuracy, 100 * gan_eval.accuracy);
   std::printf("with %ld labels (%ld per class); baseline %.1f s, SSL-GAN %ld steps in %.1f s; wrote %s/ (summary.txt, "
               "samples.png, loss.png, accuracy.png, log.csv, baseline_log.csv, model.safetensors)\n",
@@ -634,7 +648,7 @@ int main(int argc, char** argv) {
   cli.add("--out", o.out, "output folder", "DIR");
   cli.add("--labels-per-class", o.labels_per_class, "labelled training images per class (seeded, balanced)");
   cli.add("--epochs", o.epochs, "GAN epochs (passes over the unlabelled images); --steps caps them");
-  cli.add("--steps", o.steps, "GAN steps in total (-1: the epochs decide)");
+  cli.add("--steps", o.steps, "cap on the steps of each phase, baseline and GAN (-1: the epochs decide)");
   cli.add("--baseline-epochs", o.baseline_epochs, "epochs of the baseline over the labelled images");
   cli.add("--batch", o.batch, "unlabelled (and generated) images per GAN step");
   cli.add("--labelled-batch", o.labelled_batch, "labelled images per step (both models)");
