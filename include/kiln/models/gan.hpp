@@ -430,21 +430,7 @@ class GAN : public nn::BasicModule<T, Device> {
     optim::ExponentialMovingAverage& ema;
   };
 
-  // Freezes a module's trainable parameters for its lifetime and unfreezes exactly those.
-  struct FrozenParameters {
-    explicit FrozenParameters(nn::BasicModule<T, Device>& m) : module(m) {
-      for (const auto& [name, p] : module.named_parameters())
-        if (p.tracks_grad()) names.push_back(name);
-      for (const auto& name : names) module.freeze(name);
-    }
-    ~FrozenParameters() {
-      for (const auto& name : names) module.unfreeze(name);
-    }
-    FrozenParameters(const FrozenParameters&) = delete;
-    FrozenParameters& operator=(const FrozenParameters&) = delete;
-    nn::BasicModule<T, Device>& module;
-    std::vector<std::string> names;
-  };
+  using FrozenParameters = nn::FrozenParameters<T, Device>;
 
   // Registers each EMA shadow tensor as a buffer of "generator_ema", nested like the generator
   // ("generator.0.weight" is averaged in "generator_ema.0.weight").

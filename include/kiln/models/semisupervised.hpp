@@ -312,21 +312,7 @@ class SemiSupervisedGAN : public nn::BasicModule<T, Device> {
     return l;
   }
 
-  // Freezes a module's trainable parameters for its lifetime and unfreezes exactly those.
-  struct FrozenParameters {
-    explicit FrozenParameters(nn::BasicModule<T, Device>& m) : module(m) {
-      for (const auto& [name, p] : module.named_parameters())
-        if (p.tracks_grad()) names.push_back(name);
-      for (const auto& name : names) module.freeze(name);
-    }
-    ~FrozenParameters() {
-      for (const auto& name : names) module.unfreeze(name);
-    }
-    FrozenParameters(const FrozenParameters&) = delete;
-    FrozenParameters& operator=(const FrozenParameters&) = delete;
-    nn::BasicModule<T, Device>& module;
-    std::vector<std::string> names;
-  };
+  using FrozenParameters = nn::FrozenParameters<T, Device>;
 
   std::shared_ptr<Generator> generator_;
   std::shared_ptr<Classifier> classifier_;

@@ -493,4 +493,22 @@ class BasicModule {
 // The module base for float tensors on the CPU.
 using Module = BasicModule<float, cpu>;
 
+// Freezes a module's trainable parameters for the guard's lifetime and then unfreezes exactly
+// those (e.g. the discriminator during a generator step): `nn::FrozenParameters<T, D> guard(d);`.
+template <class T, class Device = cpu>
+struct FrozenParameters {
+  explicit FrozenParameters(BasicModule<T, Device>& m) : module(m) {
+    for (const auto& [name, p] : module.named_parameters())
+      if (p.tracks_grad()) names.push_back(name);
+    for (const auto& name : names) module.freeze(name);
+  }
+  ~FrozenParameters() {
+    for (const auto& name : names) module.unfreeze(name);
+  }
+  FrozenParameters(const FrozenParameters&) = delete;
+  FrozenParameters& operator=(const FrozenParameters&) = delete;
+  BasicModule<T, Device>& module;
+  std::vector<std::string> names;
+};
+
 }  // namespace kiln::nn
