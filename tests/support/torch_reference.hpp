@@ -1,5 +1,5 @@
-// tests/support/torch_reference.hpp — for tests that compare kiln with PyTorch: finds a Python
-// interpreter that can `import torch` and runs the reference scripts in tests/torch/.
+// tests/support/torch_reference.hpp — for tests that compare kiln with PyTorch, SciPy or NLTK: finds a
+// Python interpreter that can import the modules a reference script needs and runs the script.
 // Builds on doctest, std::system and POSIX (access, WEXITSTATUS). Test-only, not installed.
 #pragma once
 
@@ -30,9 +30,9 @@ inline std::string shell_quote(const std::string& text) {
 
 namespace detail {
 
-// True when `python -c "import torch"` exits with status 0.
-inline bool imports_torch(const std::string& python) {
-  const std::string command = shell_quote(python) + " -c \"import torch\" >/dev/null 2>&1";
+// True when `python -c "import <modules>"` exits with status 0 (`modules`: "torch", "scipy, numpy").
+inline bool imports(const std::string& python, const std::string& modules) {
+  const std::string command = shell_quote(python) + " -c " + shell_quote("import " + modules) + " >/dev/null 2>&1";
   const int status = std::system(command.c_str());
   return status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
@@ -54,13 +54,13 @@ inline std::string find_in_path(const std::string& name) {
   return "";
 }
 
-inline std::string find_torch_python() {
+inline std::string find_python_importing(const std::string& modules) {
   std::vector<std::string> candidates;
   if (const char* env = std::getenv("KILN_PYTHON"); env && *env) candidates.emplace_back(env);
   candidates.emplace_back("/usr/bin/python3");
   if (std::string on_path = find_in_path("python3"); !on_path.empty()) candidates.push_back(on_path);
   for (const std::string& python : candidates)
-    if (imports_torch(python)) return python;
+    if (imports(python, modules)) return python;
   return "";
 }
 
@@ -69,8 +69,32 @@ inline std::string find_torch_python() {
 // The path of a Python interpreter that can `import torch`: $KILN_PYTHON if set, else
 // /usr/bin/python3, else python3 on $PATH; "" when none can. Found once per process.
 inline const std::string& torch_python() {
-  static const std::string python = detail::find_torch_python();
+  static const std::string python = detail::find_python_importing("torch");
   return python;
+}
+
+// The same search for an interpreter that can `import <modules>` (e.g. "scipy, numpy" or "nltk");
+// "" when none can. Not cached: call it once per test.
+inline std::string python_importing(const std::string& modules) { return detail::find_python_importing(modules); }
+
+// Runs `<python> KILN_SOURCE_DIR/tests/<script> <args>` with an interpreter that imports `modules`
+// and returns its exit status (128 + signal number when it was killed). When no interpreter
+// imports them, the calling test fails at once naming the Debian packages to install: a
+// comparison with a reference never passes by being skipped.
+inline int run_python_script(const std::string& modules, const std::string& debian_packages,
+                             const std::string& script_relative_to_tests, const std::string& args) {
+  const std::string python = python_importing(modules);
+  if (python.empty())
+    FAIL("no Python interpreter can `import " << modules << "` (tried $KILN_PYTHON, /usr/bin/python3 and python3 "
+         "on PATH); install " << debian_packages << " or point KILN_PYTHON at an interpreter that has them");
+  const std::string script = std::string(KILN_SOURCE_DIR) + "/tests/" + script_relative_to_tests;
+  const std::string command = shell_quote(python) + " " + shell_quote(script) + " " + args;
+  const int status = std::system(command.c_str());
+  int code = -1;
+  if (status != -1 && WIFEXITED(status)) code = WEXITSTATUS(status);
+  else if (status != -1 && WIFSIGNALED(status)) code = 128 + WTERMSIG(status);
+  if (code != 0) MESSAGE("exit status " << code << " from: " << command);
+  return code;
 }
 
 // What a test says when PyTorch is missing.
