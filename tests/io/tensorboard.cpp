@@ -5,7 +5,7 @@
 #include <doctest/doctest.h>
 #include <kiln/io/json.hpp>
 #include <kiln/io/tensorboard.hpp>
-#include <support/torch_reference.hpp>
+#include "../support/torch_reference.hpp"
 
 #include <chrono>
 #include <cstdint>

@@ -7,7 +7,7 @@
 #include <kiln/io/json.hpp>
 #include <kiln/io/tensorboard.hpp>
 #include <kiln/metrics/logger.hpp>
-#include <support/torch_reference.hpp>
+#include "../support/torch_reference.hpp"
 
 #include <algorithm>
 #include <cmath>
