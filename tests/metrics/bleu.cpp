@@ -8,7 +8,7 @@
 #include <kiln/io/json.hpp>
 #include <kiln/metrics/bleu.hpp>
 
-#include "support/torch_reference.hpp"
+#include "../support/torch_reference.hpp"
 
 #include <cmath>
 #include <filesystem>

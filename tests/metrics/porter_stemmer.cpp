@@ -6,7 +6,7 @@
 
 #include <kiln/metrics/porter_stemmer.hpp>
 
-#include "support/torch_reference.hpp"
+#include "../support/torch_reference.hpp"
 
 #include <cstdint>
 #include <filesystem>

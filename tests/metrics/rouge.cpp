@@ -9,7 +9,7 @@
 #include <kiln/io/json.hpp>
 #include <kiln/metrics/rouge.hpp>
 
-#include "support/torch_reference.hpp"
+#include "../support/torch_reference.hpp"
 
 #include <cmath>
 #include <filesystem>
