@@ -63,7 +63,8 @@ double max_abs_difference(const Matrix& a, const Matrix& b) {
   REQUIRE(a.rows == b.rows);
   REQUIRE(a.cols == b.cols);
   double m = 0;
-  for (std::size_t i = 0; i < a.values.size(); ++i) m = std::max(m, std::fabs(a.values[i] - b.values[i]));
+  for (std::size_t i = 0; i < a.values.size(); ++i)
+    m = std::max(m, std::fabs(a.values[i] - b.values[i]));
   return m;
 }
 
@@ -80,7 +81,8 @@ Matrix random_orthogonal(index_t n, std::mt19937_64& gen) {
     }
     Matrix h = Matrix::identity(n);
     for (index_t i = 0; i < n; ++i)
-      for (index_t j = 0; j < n; ++j) h(i, j) -= 2 * u[static_cast<std::size_t>(i)] * u[static_cast<std::size_t>(j)] / uu;
+      for (index_t j = 0; j < n; ++j)
+        h(i, j) -= 2 * u[static_cast<std::size_t>(i)] * u[static_cast<std::size_t>(j)] / uu;
     q = naive_product(q, h);
   }
   return q;
@@ -109,7 +111,8 @@ void check_decomposition(const Matrix& a, double tolerance) {
   for (index_t i = 0; i < n; ++i)
     for (index_t j = 0; j < n; ++j) {
       double s = 0;
-      for (index_t k = 0; k < n; ++k) s += eig.vectors(i, k) * eig.values[static_cast<std::size_t>(k)] * eig.vectors(j, k);
+      for (index_t k = 0; k < n; ++k)
+        s += eig.vectors(i, k) * eig.values[static_cast<std::size_t>(k)] * eig.vectors(j, k);
       reconstructed(i, j) = s;
     }
   CHECK(max_abs_difference(reconstructed, a) <= tolerance * scale);
@@ -121,27 +124,32 @@ void check_decomposition(const Matrix& a, double tolerance) {
       vtv(i, j) = s;
     }
   CHECK(max_abs_difference(vtv, Matrix::identity(n)) <= tolerance);
-  for (index_t j = 1; j < n; ++j) CHECK(eig.values[static_cast<std::size_t>(j - 1)] <= eig.values[static_cast<std::size_t>(j)]);
+  for (index_t j = 1; j < n; ++j)
+    CHECK(eig.values[static_cast<std::size_t>(j - 1)] <= eig.values[static_cast<std::size_t>(j)]);
   const std::vector<double> values = linalg::symmetric_eigenvalues(a);
   for (index_t j = 0; j < n; ++j)
-    CHECK(std::fabs(values[static_cast<std::size_t>(j)] - eig.values[static_cast<std::size_t>(j)]) <= tolerance * scale);
+    CHECK(std::fabs(values[static_cast<std::size_t>(j)] -
+                    eig.values[static_cast<std::size_t>(j)]) <= tolerance * scale);
 }
 
 // Features whose rows are z W + b with z standard normal: covariance WᵀW, not diagonal.
-std::vector<double> correlated_features(index_t rows, index_t dim, double shift, double spread, std::mt19937_64& gen) {
+std::vector<double> correlated_features(index_t rows, index_t dim, double shift, double spread,
+                                        std::mt19937_64& gen) {
   std::normal_distribution<double> normal;
   std::vector<double> w(static_cast<std::size_t>(dim * dim)), b(static_cast<std::size_t>(dim));
   for (index_t i = 0; i < dim; ++i) {
     b[static_cast<std::size_t>(i)] = shift + normal(gen);
     for (index_t j = 0; j < dim; ++j)
-      w[static_cast<std::size_t>(i * dim + j)] = (i == j ? spread : 0.0) + normal(gen) / std::sqrt(static_cast<double>(dim));
+      w[static_cast<std::size_t>(i * dim + j)] =
+          (i == j ? spread : 0.0) + normal(gen) / std::sqrt(static_cast<double>(dim));
   }
   std::vector<double> out(static_cast<std::size_t>(rows * dim)), z(static_cast<std::size_t>(dim));
   for (index_t r = 0; r < rows; ++r) {
     for (double& x : z) x = normal(gen);
     for (index_t j = 0; j < dim; ++j) {
       double s = b[static_cast<std::size_t>(j)];
-      for (index_t k = 0; k < dim; ++k) s += z[static_cast<std::size_t>(k)] * w[static_cast<std::size_t>(k * dim + j)];
+      for (index_t k = 0; k < dim; ++k)
+        s += z[static_cast<std::size_t>(k)] * w[static_cast<std::size_t>(k * dim + j)];
       out[static_cast<std::size_t>(r * dim + j)] = s;
     }
   }
@@ -155,21 +163,26 @@ kiln::Tensor<double> tensor_of(const std::vector<double>& values, index_t rows, 
 }
 
 // Two-pass mean and unbiased covariance, the textbook loops.
-void two_pass(const std::vector<double>& x, index_t rows, index_t dim, std::vector<double>& mean, Matrix& cov) {
+void two_pass(const std::vector<double>& x, index_t rows, index_t dim, std::vector<double>& mean,
+              Matrix& cov) {
   mean.assign(static_cast<std::size_t>(dim), 0.0);
   for (index_t r = 0; r < rows; ++r)
-    for (index_t j = 0; j < dim; ++j) mean[static_cast<std::size_t>(j)] += x[static_cast<std::size_t>(r * dim + j)];
+    for (index_t j = 0; j < dim; ++j)
+      mean[static_cast<std::size_t>(j)] += x[static_cast<std::size_t>(r * dim + j)];
   for (double& m : mean) m /= static_cast<double>(rows);
   cov = Matrix(dim, dim);
   for (index_t r = 0; r < rows; ++r)
     for (index_t i = 0; i < dim; ++i)
       for (index_t j = 0; j < dim; ++j)
-        cov(i, j) += (x[static_cast<std::size_t>(r * dim + i)] - mean[static_cast<std::size_t>(i)]) *
-                     (x[static_cast<std::size_t>(r * dim + j)] - mean[static_cast<std::size_t>(j)]);
+        cov(i, j) +=
+            (x[static_cast<std::size_t>(r * dim + i)] - mean[static_cast<std::size_t>(i)]) *
+            (x[static_cast<std::size_t>(r * dim + j)] - mean[static_cast<std::size_t>(j)]);
   for (double& v : cov.values) v /= static_cast<double>(rows - 1);
 }
 
-double relative_difference(double a, double b) { return std::fabs(a - b) / std::max({std::fabs(a), std::fabs(b), 1e-300}); }
+double relative_difference(double a, double b) {
+  return std::fabs(a - b) / std::max({std::fabs(a), std::fabs(b), 1e-300});
+}
 
 struct TemporaryDirectory {
   fs::path path;
@@ -186,7 +199,8 @@ struct TemporaryDirectory {
 
 void write_doubles(const fs::path& path, const std::vector<double>& values) {
   std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(values.data()), static_cast<std::streamsize>(values.size() * sizeof(double)));
+  out.write(reinterpret_cast<const char*>(values.data()),
+            static_cast<std::streamsize>(values.size() * sizeof(double)));
   REQUIRE(out.good());
 }
 
@@ -194,7 +208,8 @@ std::vector<double> read_doubles(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   REQUIRE(in.good());
   std::vector<double> values(static_cast<std::size_t>(fs::file_size(path) / sizeof(double)));
-  in.read(reinterpret_cast<char*>(values.data()), static_cast<std::streamsize>(values.size() * sizeof(double)));
+  in.read(reinterpret_cast<char*>(values.data()),
+          static_cast<std::streamsize>(values.size() * sizeof(double)));
   return values;
 }
 
@@ -216,21 +231,29 @@ TEST_CASE("symmetric_eigen: closed-form spectra") {
     CHECK(e2.values[1] == doctest::Approx(mid + radius).epsilon(1e-14));
   }
   SUBCASE("tridiag(-1, 2, -1) as given and rotated: 2 − 2 cos(kπ/(n+1))") {
-    const index_t n = 50;
-    Matrix t(n, n);
-    for (index_t i = 0; i < n; ++i) {
-      t(i, i) = 2;
-      if (i + 1 < n) t(i, i + 1) = t(i + 1, i) = -1;
-    }
-    std::vector<double> expected;
-    for (index_t k = 1; k <= n; ++k) expected.push_back(2 - 2 * std::cos(static_cast<double>(k) * std::numbers::pi / static_cast<double>(n + 1)));
-    std::sort(expected.begin(), expected.end());
-    std::mt19937_64 gen(5);
-    const Matrix q = random_orthogonal(n, gen);
-    for (const Matrix& a : {t, naive_product(naive_product(q, t), linalg::transpose(q))}) {
-      const auto eig = linalg::symmetric_eigen(a);
-      for (index_t k = 0; k < n; ++k) CHECK(std::fabs(eig.values[static_cast<std::size_t>(k)] - expected[static_cast<std::size_t>(k)]) < 1e-13);
-      check_decomposition(a, 1e-13);
+    // n = 50 runs the unblocked reduction only; n = 200 also the blocked panels (n > 160),
+    // where the matrix as given needs no reflections at all (τ = 0 inside a panel).
+    for (index_t n : {index_t{50}, index_t{200}}) {
+      CAPTURE(n);
+      Matrix t(n, n);
+      for (index_t i = 0; i < n; ++i) {
+        t(i, i) = 2;
+        if (i + 1 < n) t(i, i + 1) = t(i + 1, i) = -1;
+      }
+      std::vector<double> expected;
+      for (index_t k = 1; k <= n; ++k)
+        expected.push_back(2 - 2 * std::cos(static_cast<double>(k) * std::numbers::pi /
+                                            static_cast<double>(n + 1)));
+      std::sort(expected.begin(), expected.end());
+      std::mt19937_64 gen(5);
+      const Matrix q = random_orthogonal(n, gen);
+      for (const Matrix& a : {t, naive_product(naive_product(q, t), linalg::transpose(q))}) {
+        const auto eig = linalg::symmetric_eigen(a);
+        for (index_t k = 0; k < n; ++k)
+          CHECK(std::fabs(eig.values[static_cast<std::size_t>(k)] -
+                          expected[static_cast<std::size_t>(k)]) < 1e-13);
+        check_decomposition(a, 1e-13);
+      }
     }
   }
   SUBCASE("repeated eigenvalues, zero and diagonal matrices") {
@@ -242,7 +265,9 @@ TEST_CASE("symmetric_eigen: closed-form spectra") {
     const Matrix clustered = with_spectrum(q, d);
     const auto eig = linalg::symmetric_eigen(clustered);
     std::sort(d.begin(), d.end());
-    for (index_t k = 0; k < n; ++k) CHECK(std::fabs(eig.values[static_cast<std::size_t>(k)] - d[static_cast<std::size_t>(k)]) < 1e-13);
+    for (index_t k = 0; k < n; ++k)
+      CHECK(std::fabs(eig.values[static_cast<std::size_t>(k)] - d[static_cast<std::size_t>(k)]) <
+            1e-13);
     check_decomposition(clustered, 1e-13);
     check_decomposition(Matrix(7, 7), 1e-15);
     check_decomposition(Matrix::identity(9), 1e-15);
@@ -256,10 +281,29 @@ TEST_CASE("symmetric_eigen: closed-form spectra") {
   }
   SUBCASE("only the lower triangle is read") {
     std::mt19937_64 gen(8);
-    Matrix a = random_symmetric(6, gen), lower = a;
-    for (index_t i = 0; i < 6; ++i)
-      for (index_t j = i + 1; j < 6; ++j) lower(i, j) = 1e9;  // garbage above the diagonal
-    CHECK(linalg::symmetric_eigen(lower).values == linalg::symmetric_eigen(a).values);
+    for (index_t n : {6, 170}) {
+      Matrix a = random_symmetric(n, gen), lower = a;
+      for (index_t i = 0; i < n; ++i)
+        for (index_t j = i + 1; j < n; ++j) lower(i, j) = 1e9;  // garbage above the diagonal
+      CHECK(linalg::symmetric_eigen(lower).values == linalg::symmetric_eigen(a).values);
+    }
+  }
+  SUBCASE("low rank: covariances of few samples, eigenvalue clusters at rounding level") {
+    std::mt19937_64 gen(9);
+    std::normal_distribution<double> normal;
+    for (index_t n : {60, 200})
+      for (index_t rank : {1, 5, 20}) {
+        CAPTURE(n);
+        CAPTURE(rank);
+        Matrix x(rank, n);
+        for (double& v : x.values) v = normal(gen);
+        const Matrix s = naive_product(linalg::transpose(x), x);
+        check_decomposition(s, 1e-12);
+        const auto values = linalg::symmetric_eigenvalues(s);
+        for (index_t k = 0; k < n - rank; ++k)
+          CHECK(std::fabs(values[static_cast<std::size_t>(k)]) < 1e-12 * values.back());
+        CHECK(values[static_cast<std::size_t>(n - rank)] > 1e-3 * values.back());
+      }
   }
 }
 
@@ -314,7 +358,8 @@ TEST_CASE("Tr sqrt(S1 S2) and the Frechet distance against closed forms") {
       mean_term += std::pow(mu1[static_cast<std::size_t>(i)] - mu2[static_cast<std::size_t>(i)], 2);
       traces += d1[i] + d2[i];
     }
-    CHECK(kiln::metrics::trace_sqrt_product(s1, s2) == doctest::Approx(expected_trace).epsilon(1e-14));
+    CHECK(kiln::metrics::trace_sqrt_product(s1, s2) ==
+          doctest::Approx(expected_trace).epsilon(1e-14));
     CHECK(kiln::metrics::frechet_distance(mu1, s1, mu2, s2) ==
           doctest::Approx(mean_term + traces - 2 * expected_trace).epsilon(1e-13));
   }
@@ -339,8 +384,10 @@ TEST_CASE("Tr sqrt(S1 S2) and the Frechet distance against closed forms") {
     Matrix s1(2, 2), s2(2, 2);
     s1(0, 0) = 2, s1(0, 1) = s1(1, 0) = 0.7, s1(1, 1) = 1;
     s2(0, 0) = 0.5, s2(0, 1) = s2(1, 0) = -0.3, s2(1, 1) = 3;
-    const double tr_m = s1(0, 0) * s2(0, 0) + s1(0, 1) * s2(1, 0) + s1(1, 0) * s2(0, 1) + s1(1, 1) * s2(1, 1);
-    const double det_m = (s1(0, 0) * s1(1, 1) - s1(0, 1) * s1(1, 0)) * (s2(0, 0) * s2(1, 1) - s2(0, 1) * s2(1, 0));
+    const double tr_m =
+        s1(0, 0) * s2(0, 0) + s1(0, 1) * s2(1, 0) + s1(1, 0) * s2(0, 1) + s1(1, 1) * s2(1, 1);
+    const double det_m =
+        (s1(0, 0) * s1(1, 1) - s1(0, 1) * s1(1, 0)) * (s2(0, 0) * s2(1, 1) - s2(0, 1) * s2(1, 0));
     const double expected = std::sqrt(tr_m + 2 * std::sqrt(det_m));
     CHECK(kiln::metrics::trace_sqrt_product(s1, s2) == doctest::Approx(expected).epsilon(1e-14));
     const std::vector<double> mu1 = {1, -2}, mu2 = {0.5, 0.5};
@@ -360,7 +407,8 @@ TEST_CASE("Tr sqrt(S1 S2) and the Frechet distance against closed forms") {
     const auto few = tensor_of(std::vector<double>(x.begin(), x.begin() + 20 * 48), 20, 48);
     FeatureStatistics f;
     f.add(few);
-    CHECK(std::fabs(kiln::metrics::fid_from_features(few, few)) < 1e-8 * 2 * linalg::trace(f.covariance()));
+    CHECK(std::fabs(kiln::metrics::fid_from_features(few, few)) <
+          1e-8 * 2 * linalg::trace(f.covariance()));
   }
 }
 
@@ -376,7 +424,9 @@ TEST_CASE("FeatureStatistics: two-pass agreement, streaming, merging, views") {
   all.add(tensor_of(x, rows, dim));
   CHECK(all.count() == rows);
   CHECK(all.dim() == dim);
-  for (index_t j = 0; j < dim; ++j) CHECK(all.mean()[static_cast<std::size_t>(j)] == doctest::Approx(mean[static_cast<std::size_t>(j)]).epsilon(1e-14));
+  for (index_t j = 0; j < dim; ++j)
+    CHECK(all.mean()[static_cast<std::size_t>(j)] ==
+          doctest::Approx(mean[static_cast<std::size_t>(j)]).epsilon(1e-14));
   CHECK(max_abs_difference(all.covariance(), cov) <= 1e-11 * max_abs(cov));
 
   // Batches of 1, 7, 333 and the rest; and the raw-pointer entry point.
@@ -389,7 +439,9 @@ TEST_CASE("FeatureStatistics: two-pass agreement, streaming, merging, views") {
   }
   CHECK(streamed.count() == rows);
   CHECK(max_abs_difference(streamed.covariance(), all.covariance()) <= 1e-11 * max_abs(cov));
-  for (index_t j = 0; j < dim; ++j) CHECK(streamed.mean()[static_cast<std::size_t>(j)] == doctest::Approx(all.mean()[static_cast<std::size_t>(j)]).epsilon(1e-14));
+  for (index_t j = 0; j < dim; ++j)
+    CHECK(streamed.mean()[static_cast<std::size_t>(j)] ==
+          doctest::Approx(all.mean()[static_cast<std::size_t>(j)]).epsilon(1e-14));
 
   // Shards merged give the statistics of the union; merging into an empty one copies.
   FeatureStatistics first, second, merged;
@@ -411,10 +463,12 @@ TEST_CASE("FeatureStatistics: two-pass agreement, streaming, merging, views") {
   CHECK(max_abs_difference(from_float.covariance(), from_rounded.covariance()) == 0.0);
   auto transposed_storage = kiln::Tensor<double>::uninitialized(kiln::Shape{dim, rows});
   for (index_t r = 0; r < rows; ++r)
-    for (index_t j = 0; j < dim; ++j) transposed_storage.data()[j * rows + r] = x[static_cast<std::size_t>(r * dim + j)];
+    for (index_t j = 0; j < dim; ++j)
+      transposed_storage.data()[j * rows + r] = x[static_cast<std::size_t>(r * dim + j)];
   FeatureStatistics from_view;
-  from_view.add(kiln::Tensor<double>::from_parts(transposed_storage.storage(), kiln::Shape{rows, dim},
-                                                 kiln::Shape{1, rows}, 0));  // a transposed view
+  from_view.add(kiln::Tensor<double>::from_parts(transposed_storage.storage(),
+                                                 kiln::Shape{rows, dim}, kiln::Shape{1, rows},
+                                                 0));  // a transposed view
   CHECK(max_abs_difference(from_view.covariance(), all.covariance()) == 0.0);
 
   // Against sums of outer products: at mean 1e4 with unit spread, Σxxᵀ − n·mean·meanᵀ would
@@ -452,13 +506,19 @@ TEST_CASE("FeatureStatistics save and load through safetensors") {
   mu.fill_(0.0);
   sigma.fill_(1.0);
   kiln::io::save_safetensors(bad, {{"mu", mu}, {"sigma", sigma}}, {}, kiln::io::DType::F64);
-  CHECK_THROWS_WITH_AS(FeatureStatistics::load(bad), doctest::Contains("bad.safetensors: has no metadata \"count\""), kiln::ValueError);
+  CHECK_THROWS_WITH_AS(FeatureStatistics::load(bad),
+                       doctest::Contains("bad.safetensors: has no metadata \"count\""),
+                       kiln::ValueError);
   auto sigma_wrong = kiln::Tensor<double>::uninitialized(kiln::Shape{3, 4});
   sigma_wrong.fill_(1.0);
-  kiln::io::save_safetensors(bad, {{"mu", mu}, {"sigma", sigma_wrong}}, {{"count", "5"}}, kiln::io::DType::F64);
-  CHECK_THROWS_WITH_AS(FeatureStatistics::load(bad), doctest::Contains("got [3] and [3, 4]"), kiln::ShapeError);
-  kiln::io::save_safetensors(bad, {{"mu", mu}, {"sigma", sigma}}, {{"count", "1"}}, kiln::io::DType::F64);
-  CHECK_THROWS_WITH_AS(FeatureStatistics::load(bad), doctest::Contains("must be an integer >= 2"), kiln::ValueError);
+  kiln::io::save_safetensors(bad, {{"mu", mu}, {"sigma", sigma_wrong}}, {{"count", "5"}},
+                             kiln::io::DType::F64);
+  CHECK_THROWS_WITH_AS(FeatureStatistics::load(bad), doctest::Contains("got [3] and [3, 4]"),
+                       kiln::ShapeError);
+  kiln::io::save_safetensors(bad, {{"mu", mu}, {"sigma", sigma}}, {{"count", "1"}},
+                             kiln::io::DType::F64);
+  CHECK_THROWS_WITH_AS(FeatureStatistics::load(bad), doctest::Contains("must be an integer >= 2"),
+                       kiln::ValueError);
 }
 
 TEST_CASE("FID errors name the problem") {
@@ -466,41 +526,53 @@ TEST_CASE("FID errors name the problem") {
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::sin(static_cast<double>(i));
   FeatureStatistics s;
   s.add(x.data(), 20, 4);
-  CHECK_THROWS_WITH_AS(s.add(x.data(), 4, 5), doctest::Contains("features of shape [4, 5] do not match statistics of dimension 4"),
-                       kiln::ShapeError);
-  CHECK_THROWS_WITH_AS(s.add(kiln::Tensor<double>::uninitialized(kiln::Shape{80})), doctest::Contains("[N, D]"), kiln::ShapeError);
+  CHECK_THROWS_WITH_AS(
+      s.add(x.data(), 4, 5),
+      doctest::Contains("features of shape [4, 5] do not match statistics of dimension 4"),
+      kiln::ShapeError);
+  CHECK_THROWS_WITH_AS(s.add(kiln::Tensor<double>::uninitialized(kiln::Shape{80})),
+                       doctest::Contains("[N, D]"), kiln::ShapeError);
   std::vector<double> with_nan = x;
   with_nan[2 * 4 + 3] = std::numeric_limits<double>::quiet_NaN();
-  CHECK_THROWS_WITH_AS(s.add(with_nan.data(), 20, 4), doctest::Contains("feature (row 2, column 3)"), kiln::ValueError);
+  CHECK_THROWS_WITH_AS(s.add(with_nan.data(), 20, 4),
+                       doctest::Contains("feature (row 2, column 3)"), kiln::ValueError);
   CHECK(s.count() == 20);  // the bad batch changed nothing
 
   FeatureStatistics one;
   one.add(x.data(), 1, 4);
-  CHECK_THROWS_WITH_AS(one.covariance(), doctest::Contains("needs at least 2 samples"), kiln::ValueError);
-  CHECK_THROWS_WITH_AS(FeatureStatistics().mean(), doctest::Contains("no samples"), kiln::ValueError);
+  CHECK_THROWS_WITH_AS(one.covariance(), doctest::Contains("needs at least 2 samples"),
+                       kiln::ValueError);
+  CHECK_THROWS_WITH_AS(FeatureStatistics().mean(), doctest::Contains("no samples"),
+                       kiln::ValueError);
   FeatureStatistics other(5);
   CHECK_NOTHROW(s.merge(other));  // nothing to merge
   other.add(x.data(), 16, 5);
-  CHECK_THROWS_WITH_AS(s.merge(other), doctest::Contains("dimension 5 cannot merge into statistics of dimension 4"), kiln::ShapeError);
+  CHECK_THROWS_WITH_AS(s.merge(other),
+                       doctest::Contains("dimension 5 cannot merge into statistics of dimension 4"),
+                       kiln::ShapeError);
 
-  const auto a = tensor_of(x, 20, 4), b = tensor_of(std::vector<double>(x.begin(), x.begin() + 20), 4, 5);
-  CHECK_THROWS_WITH_AS(kiln::metrics::fid_from_features(a, b), doctest::Contains("shapes [20, 4] and [4, 5]"), kiln::ShapeError);
+  const auto a = tensor_of(x, 20, 4),
+             b = tensor_of(std::vector<double>(x.begin(), x.begin() + 20), 4, 5);
+  CHECK_THROWS_WITH_AS(kiln::metrics::fid_from_features(a, b),
+                       doctest::Contains("shapes [20, 4] and [4, 5]"), kiln::ShapeError);
   const auto single = tensor_of(std::vector<double>(x.begin(), x.begin() + 4), 1, 4);
-  CHECK_THROWS_WITH_AS(kiln::metrics::fid_from_features(a, single), doctest::Contains("at least 2 samples"), kiln::ShapeError);
+  CHECK_THROWS_WITH_AS(kiln::metrics::fid_from_features(a, single),
+                       doctest::Contains("at least 2 samples"), kiln::ShapeError);
 
   Matrix sigma = s.covariance(), asymmetric = sigma;
   asymmetric(0, 1) += 1.0;
   const std::vector<double> mu = s.mean();
-  CHECK_THROWS_WITH_AS(kiln::metrics::frechet_distance(mu, asymmetric, mu, sigma), doctest::Contains("sigma1 is not symmetric"),
-                       kiln::ValueError);
-  CHECK_THROWS_WITH_AS(kiln::metrics::frechet_distance(mu, sigma, std::vector<double>(3, 0.0), Matrix(3, 3)),
-                       doctest::Contains("mu1 [4], sigma1 4 x 4 and mu2 [3], sigma2 3 x 3"), kiln::ShapeError);
-  CHECK_THROWS_WITH_AS(kiln::metrics::frechet_distance(mu, Matrix(4, 3), mu, sigma), doctest::Contains("sigma1 is 4 x 3"),
-                       kiln::ShapeError);
+  CHECK_THROWS_WITH_AS(kiln::metrics::frechet_distance(mu, asymmetric, mu, sigma),
+                       doctest::Contains("sigma1 is not symmetric"), kiln::ValueError);
+  CHECK_THROWS_WITH_AS(
+      kiln::metrics::frechet_distance(mu, sigma, std::vector<double>(3, 0.0), Matrix(3, 3)),
+      doctest::Contains("mu1 [4], sigma1 4 x 4 and mu2 [3], sigma2 3 x 3"), kiln::ShapeError);
+  CHECK_THROWS_WITH_AS(kiln::metrics::frechet_distance(mu, Matrix(4, 3), mu, sigma),
+                       doctest::Contains("sigma1 is 4 x 3"), kiln::ShapeError);
   std::vector<double> mu_inf = mu;
   mu_inf[1] = std::numeric_limits<double>::infinity();
-  CHECK_THROWS_WITH_AS(kiln::metrics::frechet_distance(mu, sigma, mu_inf, sigma), doctest::Contains("mu2[1] is inf"),
-                       kiln::ValueError);
+  CHECK_THROWS_WITH_AS(kiln::metrics::frechet_distance(mu, sigma, mu_inf, sigma),
+                       doctest::Contains("mu2[1] is inf"), kiln::ValueError);
 }
 
 TEST_CASE("FID agrees with pytorch-fid's scipy.linalg.sqrtm formula") {
@@ -512,10 +584,13 @@ TEST_CASE("FID agrees with pytorch-fid's scipy.linalg.sqrtm formula") {
   };
   std::mt19937_64 gen(2024);
   std::vector<Case> cases;
-  cases.push_back({"small", 500, 500, 64, correlated_features(500, 64, 0.0, 1.0, gen), correlated_features(500, 64, 0.3, 1.5, gen)});
-  cases.push_back({"large", 2000, 1500, 256, correlated_features(2000, 256, 1.0, 1.0, gen), correlated_features(1500, 256, 1.2, 0.7, gen)});
+  cases.push_back({"small", 500, 500, 64, correlated_features(500, 64, 0.0, 1.0, gen),
+                   correlated_features(500, 64, 0.3, 1.5, gen)});
+  cases.push_back({"large", 2000, 1500, 256, correlated_features(2000, 256, 1.0, 1.0, gen),
+                   correlated_features(1500, 256, 1.2, 0.7, gen)});
   // Fewer samples than dimensions: both covariances are singular.
-  cases.push_back({"singular", 100, 90, 128, correlated_features(100, 128, 0.0, 1.0, gen), correlated_features(90, 128, 0.5, 1.0, gen)});
+  cases.push_back({"singular", 100, 90, 128, correlated_features(100, 128, 0.0, 1.0, gen),
+                   correlated_features(90, 128, 0.5, 1.0, gen)});
   {
     std::ofstream listing(dir.path / "cases.txt");
     for (const Case& c : cases) {
@@ -524,9 +599,11 @@ TEST_CASE("FID agrees with pytorch-fid's scipy.linalg.sqrtm formula") {
       write_doubles(dir.path / (c.name + "_b.bin"), c.b);
     }
   }
-  REQUIRE(kiln::test::run_python_script("scipy, numpy", "python3-scipy python3-numpy", "reference/fid_scipy.py",
+  REQUIRE(kiln::test::run_python_script("scipy, numpy", "python3-scipy python3-numpy",
+                                        "reference/fid_scipy.py",
                                         kiln::test::shell_quote(dir.path.string())) == 0);
-  const kiln::io::Json results = kiln::io::parse_json(kiln::io::read_file_bytes((dir.path / "results.json").string()));
+  const kiln::io::Json results =
+      kiln::io::parse_json(kiln::io::read_file_bytes((dir.path / "results.json").string()));
   for (const Case& c : cases) {
     CAPTURE(c.name);
     FeatureStatistics sa, sb;
@@ -535,13 +612,15 @@ TEST_CASE("FID agrees with pytorch-fid's scipy.linalg.sqrtm formula") {
     // The statistics equal numpy.mean / numpy.cov(rowvar=False).
     for (const auto& [side, stats] : {std::pair{"a", &sa}, std::pair{"b", &sb}}) {
       const std::vector<double> mu = read_doubles(dir.path / (c.name + "_mu_" + side + ".bin"));
-      const std::vector<double> sigma = read_doubles(dir.path / (c.name + "_sigma_" + side + ".bin"));
+      const std::vector<double> sigma =
+          read_doubles(dir.path / (c.name + "_sigma_" + side + ".bin"));
       const std::vector<double> mean = stats->mean();
       const Matrix cov = stats->covariance();
       REQUIRE(mu.size() == mean.size());
       REQUIRE(sigma.size() == cov.values.size());
       double mean_error = 0, cov_error = 0, cov_scale = 0;
-      for (std::size_t i = 0; i < mu.size(); ++i) mean_error = std::max(mean_error, std::fabs(mu[i] - mean[i]));
+      for (std::size_t i = 0; i < mu.size(); ++i)
+        mean_error = std::max(mean_error, std::fabs(mu[i] - mean[i]));
       for (std::size_t i = 0; i < sigma.size(); ++i) {
         cov_error = std::max(cov_error, std::fabs(sigma[i] - cov.values[i]));
         cov_scale = std::max(cov_scale, std::fabs(sigma[i]));
@@ -554,10 +633,12 @@ TEST_CASE("FID agrees with pytorch-fid's scipy.linalg.sqrtm formula") {
     const kiln::io::Json& reference = results.at(c.name);
     const double reference_fid = reference.at("fid").as_double();
     const double reference_tr = reference.at("tr_covmean").as_double();
-    MESSAGE(c.name << ": kiln FID " << fid << ", scipy " << reference_fid << ", relative difference "
-                   << relative_difference(fid, reference_fid) << "; Tr sqrt relative difference "
-                   << relative_difference(tr, reference_tr)
-                   << std::string(reference.at("offset_used").as_bool() ? " (scipy needed the eps offset)" : ""));
+    MESSAGE(c.name << ": kiln FID " << fid << ", scipy " << reference_fid
+                   << ", relative difference " << relative_difference(fid, reference_fid)
+                   << "; Tr sqrt relative difference " << relative_difference(tr, reference_tr)
+                   << std::string(reference.at("offset_used").as_bool()
+                                      ? " (scipy needed the eps offset)"
+                                      : ""));
     // Measured with SciPy 1.10: about 1e-14 for the full-rank cases and 1e-8 for the singular one
     // (where √ of eigenvalues at rounding level differs between the two methods). The bounds
     // leave room for other SciPy versions (sqrtm was rewritten in SciPy 1.14).

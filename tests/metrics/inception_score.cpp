@@ -39,24 +39,30 @@ std::vector<double> softmax_rows(const std::vector<double>& logits, index_t clas
     const double top = *std::max_element(z, z + classes);
     double total = 0;
     for (index_t k = 0; k < classes; ++k) total += std::exp(z[k] - top);
-    for (index_t k = 0; k < classes; ++k) out[row * static_cast<std::size_t>(classes) + static_cast<std::size_t>(k)] = std::exp(z[k] - top) / total;
+    for (index_t k = 0; k < classes; ++k)
+      out[row * static_cast<std::size_t>(classes) + static_cast<std::size_t>(k)] =
+          std::exp(z[k] - top) / total;
   }
   return out;
 }
 
-std::vector<double> random_logits(index_t rows, index_t classes, double scale, std::mt19937_64& gen) {
+std::vector<double> random_logits(index_t rows, index_t classes, double scale,
+                                  std::mt19937_64& gen) {
   std::normal_distribution<double> normal(0.0, scale);
   std::vector<double> z(static_cast<std::size_t>(rows * classes));
   for (double& v : z) v = normal(gen);
   return z;
 }
 
-double relative_difference(double a, double b) { return std::fabs(a - b) / std::max({std::fabs(a), std::fabs(b), 1e-300}); }
+double relative_difference(double a, double b) {
+  return std::fabs(a - b) / std::max({std::fabs(a), std::fabs(b), 1e-300});
+}
 
 }  // namespace
 
 TEST_CASE("Inception Score of uniform and of balanced one-hot predictions") {
-  const index_t classes = 7, rows = 10 * classes * 3;  // each of the 10 splits holds 3 of every class
+  const index_t classes = 7,
+                rows = 10 * classes * 3;  // each of the 10 splits holds 3 of every class
   std::vector<double> uniform(static_cast<std::size_t>(rows * classes), 1.0 / classes);
   const auto u = inception_score(uniform.data(), rows, classes);
   CHECK(u.mean == doctest::Approx(1.0).epsilon(1e-14));
@@ -64,7 +70,8 @@ TEST_CASE("Inception Score of uniform and of balanced one-hot predictions") {
   CHECK(u.split_scores.size() == 10);
 
   std::vector<double> one_hot(static_cast<std::size_t>(rows * classes), 0.0);
-  for (index_t i = 0; i < rows; ++i) one_hot[static_cast<std::size_t>(i * classes + i % classes)] = 1.0;
+  for (index_t i = 0; i < rows; ++i)
+    one_hot[static_cast<std::size_t>(i * classes + i % classes)] = 1.0;
   const auto h = inception_score(one_hot.data(), rows, classes);
   CHECK(h.mean == doctest::Approx(classes).epsilon(1e-14));
   CHECK(h.std < 1e-13);
@@ -80,8 +87,9 @@ TEST_CASE("Inception Score by hand: two classes, two splits") {
   //   score = exp((KL₁ + KL₂)/2) = 1.090138357569351.
   // Split 2: (1, 0), (0, 1); p(y) = (0.5, 0.5); KL = ln 2 for both; score 2.
   const std::vector<double> p = {0.8, 0.2, 0.4, 0.6, 1.0, 0.0, 0.0, 1.0};
-  const double first = std::exp((0.8 * std::log(0.8 / 0.6) + 0.2 * std::log(0.2 / 0.4) + 0.4 * std::log(0.4 / 0.6) +
-                                 0.6 * std::log(0.6 / 0.4)) / 2);
+  const double first = std::exp((0.8 * std::log(0.8 / 0.6) + 0.2 * std::log(0.2 / 0.4) +
+                                 0.4 * std::log(0.4 / 0.6) + 0.6 * std::log(0.6 / 0.4)) /
+                                2);
   CHECK(first == doctest::Approx(1.090138357569351).epsilon(1e-15));
   const auto one_split = inception_score(p.data(), 2, 2, 1);
   CHECK(one_split.mean == doctest::Approx(first).epsilon(1e-14));
@@ -90,8 +98,10 @@ TEST_CASE("Inception Score by hand: two classes, two splits") {
   CHECK(two.split_scores[0] == doctest::Approx(first).epsilon(1e-14));
   CHECK(two.split_scores[1] == doctest::Approx(2.0).epsilon(1e-14));
   CHECK(two.mean == doctest::Approx((first + 2.0) / 2).epsilon(1e-14));
-  CHECK(two.std == doctest::Approx((2.0 - first) / 2).epsilon(1e-13));  // population std of two values
-  // Uneven splits follow the original's s·N/splits boundaries: N = 5, 2 splits -> rows [0, 2) and [2, 5).
+  CHECK(two.std ==
+        doctest::Approx((2.0 - first) / 2).epsilon(1e-13));  // population std of two values
+  // Uneven splits follow the original's s·N/splits boundaries: N = 5, 2 splits -> rows [0, 2) and
+  // [2, 5).
   const std::vector<double> five = {0.8, 0.2, 0.4, 0.6, 1.0, 0.0, 0.0, 1.0, 0.5, 0.5};
   const auto uneven = inception_score(five.data(), 5, 2, 2);
   CHECK(uneven.split_scores[0] == doctest::Approx(first).epsilon(1e-14));
@@ -116,9 +126,10 @@ TEST_CASE("Inception Score from logits, float and strided tensors") {
   CHECK(relative_difference(from_float.mean, from_probs.mean) < 1e-5);
   auto columns = kiln::Tensor<double>::uninitialized(kiln::Shape{classes, rows});
   for (index_t i = 0; i < rows; ++i)
-    for (index_t k = 0; k < classes; ++k) columns.data()[k * rows + i] = z[static_cast<std::size_t>(i * classes + k)];
-  const kiln::Tensor<double> logits_view =
-      kiln::Tensor<double>::from_parts(columns.storage(), kiln::Shape{rows, classes}, kiln::Shape{1, rows}, 0);
+    for (index_t k = 0; k < classes; ++k)
+      columns.data()[k * rows + i] = z[static_cast<std::size_t>(i * classes + k)];
+  const kiln::Tensor<double> logits_view = kiln::Tensor<double>::from_parts(
+      columns.storage(), kiln::Shape{rows, classes}, kiln::Shape{1, rows}, 0);
   const auto strided = inception_score_from_logits(logits_view, 6);
   CHECK(strided.mean == from_logits.mean);
   CHECK(strided.std == from_logits.std);
@@ -126,29 +137,38 @@ TEST_CASE("Inception Score from logits, float and strided tensors") {
   std::vector<double> sharp(static_cast<std::size_t>(4 * 3), -800.0);
   for (index_t i = 0; i < 4; ++i) sharp[static_cast<std::size_t>(i * 3 + i % 3)] = 800.0;
   // Rows are one-hot for classes 0, 1, 2, 0: p(y) = (1/2, 1/4, 1/4), KLs ln 2, ln 4, ln 4, ln 2.
-  CHECK(inception_score_from_logits(sharp.data(), 4, 3, 1).mean == doctest::Approx(std::exp(std::log(8.0) / 2)).epsilon(1e-14));
+  CHECK(inception_score_from_logits(sharp.data(), 4, 3, 1).mean ==
+        doctest::Approx(std::exp(std::log(8.0) / 2)).epsilon(1e-14));
 }
 
 TEST_CASE("Inception Score errors name the problem") {
   const std::vector<double> p = {0.5, 0.5, 0.25, 0.75};
-  CHECK_THROWS_WITH_AS(inception_score(p.data(), 2, 2, 3), doctest::Contains("splits must be between 1 and the number of samples (2), got 3"),
+  CHECK_THROWS_WITH_AS(
+      inception_score(p.data(), 2, 2, 3),
+      doctest::Contains("splits must be between 1 and the number of samples (2), got 3"),
+      kiln::ValueError);
+  CHECK_THROWS_WITH_AS(inception_score(p.data(), 2, 2, 0), doctest::Contains("got 0"),
                        kiln::ValueError);
-  CHECK_THROWS_WITH_AS(inception_score(p.data(), 2, 2, 0), doctest::Contains("got 0"), kiln::ValueError);
   const std::vector<double> bad_sum = {0.5, 0.6, 0.25, 0.75};
-  CHECK_THROWS_WITH_AS(inception_score(bad_sum.data(), 2, 2, 1), doctest::Contains("row 0 sums to 1.1"), kiln::ValueError);
+  CHECK_THROWS_WITH_AS(inception_score(bad_sum.data(), 2, 2, 1),
+                       doctest::Contains("row 0 sums to 1.1"), kiln::ValueError);
   const std::vector<double> negative = {0.5, 0.5, -0.25, 1.25};
-  CHECK_THROWS_WITH_AS(inception_score(negative.data(), 2, 2, 1), doctest::Contains("probability (row 1, class 0)"), kiln::ValueError);
+  CHECK_THROWS_WITH_AS(inception_score(negative.data(), 2, 2, 1),
+                       doctest::Contains("probability (row 1, class 0)"), kiln::ValueError);
   const std::vector<double> nan = {0.5, std::numeric_limits<double>::quiet_NaN(), 0.25, 0.75};
-  CHECK_THROWS_WITH_AS(inception_score(nan.data(), 2, 2, 1), doctest::Contains("outside [0, 1]"), kiln::ValueError);
-  CHECK_THROWS_WITH_AS(inception_score_from_logits(nan.data(), 2, 2, 1), doctest::Contains("logit (row 0, class 1) is not finite"),
+  CHECK_THROWS_WITH_AS(inception_score(nan.data(), 2, 2, 1), doctest::Contains("outside [0, 1]"),
                        kiln::ValueError);
+  CHECK_THROWS_WITH_AS(inception_score_from_logits(nan.data(), 2, 2, 1),
+                       doctest::Contains("logit (row 0, class 1) is not finite"), kiln::ValueError);
   auto vector = kiln::Tensor<double>::uninitialized(kiln::Shape{4});
-  CHECK_THROWS_WITH_AS(inception_score(vector), doctest::Contains("needs a matrix [N, C]"), kiln::ShapeError);
+  CHECK_THROWS_WITH_AS(inception_score(vector), doctest::Contains("needs a matrix [N, C]"),
+                       kiln::ShapeError);
   CHECK_THROWS_AS(inception_score(p.data(), 0, 2, 1), kiln::ShapeError);
 }
 
 TEST_CASE("Inception Score agrees with the original numpy implementation on random softmaxes") {
-  const fs::path dir = fs::temp_directory_path() / ("kiln_metrics_is_" + std::to_string(::getpid()));
+  const fs::path dir =
+      fs::temp_directory_path() / ("kiln_metrics_is_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   struct Case {
@@ -172,9 +192,11 @@ TEST_CASE("Inception Score agrees with the original numpy implementation on rand
                 static_cast<std::streamsize>(c.probabilities.size() * sizeof(double)));
     }
   }
-  const int status = kiln::test::run_python_script("numpy", "python3-numpy", "reference/inception_score_numpy.py",
-                                                   kiln::test::shell_quote(dir.string()));
-  const std::string text = status == 0 ? kiln::io::read_file_bytes((dir / "results.json").string()) : std::string();
+  const int status =
+      kiln::test::run_python_script("numpy", "python3-numpy", "reference/inception_score_numpy.py",
+                                    kiln::test::shell_quote(dir.string()));
+  const std::string text =
+      status == 0 ? kiln::io::read_file_bytes((dir / "results.json").string()) : std::string();
   fs::remove_all(dir);
   REQUIRE(status == 0);
   const kiln::io::Json results = kiln::io::parse_json(text);

@@ -60,7 +60,9 @@ class FeatureStatistics {
   FeatureStatistics() = default;
   // Statistics of no samples with dimension `dim` (> 0) checked against every batch.
   explicit FeatureStatistics(index_t dim) {
-    if (dim <= 0) throw ValueError("kiln::metrics::FeatureStatistics: dimension must be positive, got " + std::to_string(dim));
+    if (dim <= 0)
+      throw ValueError("kiln::metrics::FeatureStatistics: dimension must be positive, got " +
+                       std::to_string(dim));
     reset_dim(dim);
   }
 
@@ -71,12 +73,16 @@ class FeatureStatistics {
   // Adds the rows of `features`, a CPU tensor of shape [N, D] (any strides) of float or double.
   template <class T>
   void add(const Tensor<T>& features) {
-    static_assert(detail::is_feature_element<T>, "FeatureStatistics::add takes float or double features");
-    if (!features.defined()) throw ValueError("kiln::metrics::FeatureStatistics::add: the feature tensor is undefined");
+    static_assert(detail::is_feature_element<T>,
+                  "FeatureStatistics::add takes float or double features");
+    if (!features.defined())
+      throw ValueError("kiln::metrics::FeatureStatistics::add: the feature tensor is undefined");
     if (features.dim() != 2)
       throw_shape_error("metrics::FeatureStatistics::add",
-                        "features must be a matrix [N, D] (one row per sample; flatten(1) first)", features.shape());
-    add_strided(features.data(), features.size(0), features.size(1), features.stride(0), features.stride(1));
+                        "features must be a matrix [N, D] (one row per sample; flatten(1) first)",
+                        features.shape());
+    add_strided(features.data(), features.size(0), features.size(1), features.stride(0),
+                features.stride(1));
   }
   // Adds `rows` feature vectors of dimension `dim` stored row-major and contiguous at `data`.
   void add(const float* data, index_t rows, index_t dim) { add_strided(data, rows, dim, dim, 1); }
@@ -86,15 +92,17 @@ class FeatureStatistics {
   void merge(const FeatureStatistics& other) {
     if (other.count_ == 0) return;
     if (dim_ != 0 && other.dim_ != dim_)
-      throw ShapeError("kiln::metrics::FeatureStatistics::merge: statistics of dimension " + std::to_string(other.dim_) +
-                       " cannot merge into statistics of dimension " + std::to_string(dim_));
+      throw ShapeError("kiln::metrics::FeatureStatistics::merge: statistics of dimension " +
+                       std::to_string(other.dim_) + " cannot merge into statistics of dimension " +
+                       std::to_string(dim_));
     if (dim_ == 0) reset_dim(other.dim_);
     combine(other.count_, other.mean_, other.m2_);
   }
 
   // The sample mean (D values); throws ValueError before any sample was added.
   std::vector<double> mean() const {
-    if (count_ == 0) throw ValueError("kiln::metrics::FeatureStatistics::mean: no samples were added");
+    if (count_ == 0)
+      throw ValueError("kiln::metrics::FeatureStatistics::mean: no samples were added");
     return mean_;
   }
 
@@ -102,8 +110,10 @@ class FeatureStatistics {
   // symmetric; throws ValueError with fewer than 2 samples.
   linalg::Matrix covariance() const {
     if (count_ < 2)
-      throw ValueError("kiln::metrics::FeatureStatistics::covariance: needs at least 2 samples to estimate a "
-                       "covariance, got " + std::to_string(count_));
+      throw ValueError(
+          "kiln::metrics::FeatureStatistics::covariance: needs at least 2 samples to estimate a "
+          "covariance, got " +
+          std::to_string(count_));
     linalg::Matrix c(dim_, dim_);
     const double scale = 1.0 / static_cast<double>(count_ - 1);
     for (index_t i = 0; i < dim_; ++i)
@@ -120,7 +130,8 @@ class FeatureStatistics {
     std::copy(mean_.begin(), mean_.end(), mu.data());
     auto s = Tensor<double>::uninitialized(Shape{dim_, dim_});
     std::copy(sigma.values.begin(), sigma.values.end(), s.data());
-    io::save_safetensors(path, {{"mu", mu}, {"sigma", s}}, {{"count", std::to_string(count_)}}, io::DType::F64);
+    io::save_safetensors(path, {{"mu", mu}, {"sigma", s}}, {{"count", std::to_string(count_)}},
+                         io::DType::F64);
   }
 
   // Reads statistics written by save() (any float dtype is accepted for mu and sigma). They can
@@ -132,13 +143,14 @@ class FeatureStatistics {
     for (const char* name : {"mu", "sigma"})
       if (!file.contains(name)) throw ValueError(where + "has no tensor '" + name + "'");
     const Shape mu_shape = file.shape("mu"), sigma_shape = file.shape("sigma");
-    if (mu_shape.ndim != 1 || mu_shape[0] <= 0 || sigma_shape.ndim != 2 || sigma_shape[0] != mu_shape[0] ||
-        sigma_shape[1] != mu_shape[0])
-      throw ShapeError(where + "'mu' must be [D] and 'sigma' [D, D], got " + to_string(mu_shape) + " and " +
-                       to_string(sigma_shape));
+    if (mu_shape.ndim != 1 || mu_shape[0] <= 0 || sigma_shape.ndim != 2 ||
+        sigma_shape[0] != mu_shape[0] || sigma_shape[1] != mu_shape[0])
+      throw ShapeError(where + "'mu' must be [D] and 'sigma' [D, D], got " + to_string(mu_shape) +
+                       " and " + to_string(sigma_shape));
     const auto found = file.metadata().find("count");
     if (found == file.metadata().end())
-      throw ValueError(where + "has no metadata \"count\" (the number of samples behind mu and sigma)");
+      throw ValueError(where +
+                       "has no metadata \"count\" (the number of samples behind mu and sigma)");
     long long count = 0;
     const std::string& text = found->second;
     const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), count);
@@ -149,7 +161,8 @@ class FeatureStatistics {
     out.count_ = static_cast<index_t>(count);
     out.mean_.assign(mu.data(), mu.data() + mu.numel());
     const double scale = static_cast<double>(count - 1);
-    for (std::size_t i = 0; i < out.m2_.values.size(); ++i) out.m2_.values[i] = sigma.data()[i] * scale;
+    for (std::size_t i = 0; i < out.m2_.values.size(); ++i)
+      out.m2_.values[i] = sigma.data()[i] * scale;
     for (double v : out.mean_)
       if (!std::isfinite(v)) throw ValueError(where + "'mu' holds a non-finite value");
     for (double v : out.m2_.values)
@@ -169,14 +182,18 @@ class FeatureStatistics {
   }
 
   template <class T>
-  void add_strided(const T* data, index_t rows, index_t dim, index_t row_stride, index_t col_stride) {
+  void add_strided(const T* data, index_t rows, index_t dim, index_t row_stride,
+                   index_t col_stride) {
     const char* op = "kiln::metrics::FeatureStatistics::add: ";
-    if (rows < 0 || dim < 0) throw ValueError(std::string(op) + "negative extents " + detail::rows_by_dim(rows, dim));
-    if (dim == 0) throw ShapeError(std::string(op) + "features of shape " + detail::rows_by_dim(rows, dim) + " have no columns");
+    if (rows < 0 || dim < 0)
+      throw ValueError(std::string(op) + "negative extents " + detail::rows_by_dim(rows, dim));
+    if (dim == 0)
+      throw ShapeError(std::string(op) + "features of shape " + detail::rows_by_dim(rows, dim) +
+                       " have no columns");
     if (dim_ != 0 && dim != dim_)
       throw ShapeError(std::string(op) + "features of shape " + detail::rows_by_dim(rows, dim) +
-                       " do not match statistics of dimension " + std::to_string(dim_) + " (features [N, " +
-                       std::to_string(dim_) + "] expected)");
+                       " do not match statistics of dimension " + std::to_string(dim_) +
+                       " (features [N, " + std::to_string(dim_) + "] expected)");
     if (rows == 0) return;
     if (!data) throw ValueError(std::string(op) + "null data pointer");
     // Check every value first, so that a bad batch leaves the statistics as they were.
@@ -184,9 +201,9 @@ class FeatureStatistics {
       for (index_t j = 0; j < dim; ++j) {
         const double v = static_cast<double>(data[i * row_stride + j * col_stride]);
         if (!std::isfinite(v))
-          throw ValueError(std::string(op) + "feature (row " + std::to_string(i) + ", column " + std::to_string(j) +
-                           ") of the batch " + detail::rows_by_dim(rows, dim) + " is " + detail::number_text(v) +
-                           "; nothing of this batch was added");
+          throw ValueError(std::string(op) + "feature (row " + std::to_string(i) + ", column " +
+                           std::to_string(j) + ") of the batch " + detail::rows_by_dim(rows, dim) +
+                           " is " + detail::number_text(v) + "; nothing of this batch was added");
       }
     if (dim_ == 0) reset_dim(dim);
     const index_t chunk = std::min(rows, chunk_rows);
@@ -209,7 +226,8 @@ class FeatureStatistics {
         for (index_t j = 0; j < dim; ++j) row[j] -= chunk_mean[static_cast<std::size_t>(j)];
       }
       // S_b = Xcᵀ Xc over the n rows of this chunk.
-      backend::cpu::gemm(true, false, dim, dim, n, 1.0, x.data(), dim, x.data(), dim, 0.0, scatter.data(), dim);
+      backend::cpu::gemm(true, false, dim, dim, n, 1.0, x.data(), dim, x.data(), dim, 0.0,
+                         scatter.data(), dim);
       combine(n, chunk_mean, scatter);
     }
   }
@@ -230,7 +248,8 @@ class FeatureStatistics {
       double* row = m2_.row(i);
       const double* other = m2_b.row(i);
       const double di = delta[static_cast<std::size_t>(i)] * weight;
-      for (index_t j = 0; j < dim_; ++j) row[j] += other[j] + di * delta[static_cast<std::size_t>(j)];
+      for (index_t j = 0; j < dim_; ++j)
+        row[j] += other[j] + di * delta[static_cast<std::size_t>(j)];
     }
     for (std::size_t j = 0; j < delta.size(); ++j) mean_[j] += delta[j] * (nb / n);
     count_ += n_b;
@@ -239,26 +258,32 @@ class FeatureStatistics {
 
 namespace detail {
 
-inline void check_gaussian(const char* op, const char* which, const std::vector<double>& mu, const linalg::Matrix& sigma) {
+inline void check_gaussian(const char* op, const char* which, const std::vector<double>& mu,
+                           const linalg::Matrix& sigma) {
   const std::string where = std::string("kiln::metrics::") + op + ": ";
   if (mu.empty()) throw ShapeError(where + "mu" + which + " is empty");
   const auto d = static_cast<index_t>(mu.size());
   if (sigma.rows != d || sigma.cols != d)
-    throw ShapeError(where + "mu" + which + " has " + std::to_string(d) + " entries but sigma" + which + " is " +
-                     linalg::shape_text(sigma) + " (expected " + std::to_string(d) + " x " + std::to_string(d) + ")");
+    throw ShapeError(where + "mu" + which + " has " + std::to_string(d) + " entries but sigma" +
+                     which + " is " + linalg::shape_text(sigma) + " (expected " +
+                     std::to_string(d) + " x " + std::to_string(d) + ")");
   for (index_t i = 0; i < d; ++i)
     if (!std::isfinite(mu[static_cast<std::size_t>(i)]))
-      throw ValueError(where + "mu" + which + "[" + std::to_string(i) + "] is " + number_text(mu[static_cast<std::size_t>(i)]));
+      throw ValueError(where + "mu" + which + "[" + std::to_string(i) + "] is " +
+                       number_text(mu[static_cast<std::size_t>(i)]));
   double largest = 0;
   for (double v : sigma.values) {
-    if (!std::isfinite(v)) throw ValueError(where + "sigma" + which + " holds a non-finite value (" + number_text(v) + ")");
+    if (!std::isfinite(v))
+      throw ValueError(where + "sigma" + which + " holds a non-finite value (" + number_text(v) +
+                       ")");
     largest = std::max(largest, std::fabs(v));
   }
   for (index_t i = 0; i < d; ++i)
     for (index_t j = 0; j < i; ++j)
       if (std::fabs(sigma(i, j) - sigma(j, i)) > 1e-6 * largest)
-        throw ValueError(where + "sigma" + which + " is not symmetric: (" + std::to_string(i) + ", " + std::to_string(j) +
-                         ") = " + std::to_string(sigma(i, j)) + " but (" + std::to_string(j) + ", " + std::to_string(i) +
+        throw ValueError(where + "sigma" + which + " is not symmetric: (" + std::to_string(i) +
+                         ", " + std::to_string(j) + ") = " + std::to_string(sigma(i, j)) +
+                         " but (" + std::to_string(j) + ", " + std::to_string(i) +
                          ") = " + std::to_string(sigma(j, i)) + "; pass a covariance matrix");
 }
 
@@ -266,10 +291,12 @@ template <class T>
 std::vector<double> vector_from_tensor(const char* op, const char* name, const Tensor<T>& t) {
   static_assert(is_feature_element<T>, "kiln::metrics takes float or double tensors");
   if (!t.defined() || t.dim() != 1)
-    throw ShapeError(std::string("kiln::metrics::") + op + ": " + name + " must be a vector [D], got " +
+    throw ShapeError(std::string("kiln::metrics::") + op + ": " + name +
+                     " must be a vector [D], got " +
                      (t.defined() ? to_string(t.shape()) : std::string("an undefined tensor")));
   std::vector<double> out(static_cast<std::size_t>(t.size(0)));
-  for (index_t i = 0; i < t.size(0); ++i) out[static_cast<std::size_t>(i)] = static_cast<double>(t.data()[i * t.stride(0)]);
+  for (index_t i = 0; i < t.size(0); ++i)
+    out[static_cast<std::size_t>(i)] = static_cast<double>(t.data()[i * t.stride(0)]);
   return out;
 }
 
@@ -277,11 +304,13 @@ template <class T>
 linalg::Matrix matrix_from_tensor(const char* op, const char* name, const Tensor<T>& t) {
   static_assert(is_feature_element<T>, "kiln::metrics takes float or double tensors");
   if (!t.defined() || t.dim() != 2)
-    throw ShapeError(std::string("kiln::metrics::") + op + ": " + name + " must be a matrix [D, D], got " +
+    throw ShapeError(std::string("kiln::metrics::") + op + ": " + name +
+                     " must be a matrix [D, D], got " +
                      (t.defined() ? to_string(t.shape()) : std::string("an undefined tensor")));
   linalg::Matrix out(t.size(0), t.size(1));
   for (index_t i = 0; i < t.size(0); ++i)
-    for (index_t j = 0; j < t.size(1); ++j) out(i, j) = static_cast<double>(t.data()[i * t.stride(0) + j * t.stride(1)]);
+    for (index_t j = 0; j < t.size(1); ++j)
+      out(i, j) = static_cast<double>(t.data()[i * t.stride(0) + j * t.stride(1)]);
   return out;
 }
 
@@ -313,8 +342,9 @@ linalg::Matrix matrix_from_tensor(const char* op, const char* name, const Tensor
 // eigenvalue problem.
 inline double trace_sqrt_product(const linalg::Matrix& sigma1, const linalg::Matrix& sigma2) {
   if (!sigma1.is_square() || sigma1.rows != sigma2.rows || sigma1.cols != sigma2.cols)
-    throw ShapeError("kiln::metrics::trace_sqrt_product: needs two covariance matrices of the same size, got " +
-                     linalg::shape_text(sigma1) + " and " + linalg::shape_text(sigma2));
+    throw ShapeError(
+        "kiln::metrics::trace_sqrt_product: needs two covariance matrices of the same size, got " +
+        linalg::shape_text(sigma1) + " and " + linalg::shape_text(sigma2));
   const index_t d = sigma1.rows;
   const linalg::SymmetricEigen eig = linalg::symmetric_eigen(sigma1);
   const double eps = std::numeric_limits<double>::epsilon();
@@ -333,7 +363,8 @@ inline double trace_sqrt_product(const linalg::Matrix& sigma1, const linalg::Mat
   linalg::Matrix s2(d, d);  // Σ₂ symmetrized, so that Bᵀ Σ₂ B is symmetric up to rounding
   for (index_t i = 0; i < d; ++i)
     for (index_t j = 0; j <= i; ++j) s2(i, j) = s2(j, i) = 0.5 * (sigma2(i, j) + sigma2(j, i));
-  const linalg::Matrix m = linalg::matmul_transposed_left(b, linalg::matmul(s2, b));  // Bᵀ Σ₂ B, r × r
+  const linalg::Matrix m =
+      linalg::matmul_transposed_left(b, linalg::matmul(s2, b));     // Bᵀ Σ₂ B, r × r
   const std::vector<double> mu = linalg::symmetric_eigenvalues(m);  // reads the lower triangle
   const double floor2 = static_cast<double>(r) * eps * std::max(mu.back(), 0.0);
   double total = 0;
@@ -354,17 +385,20 @@ inline double frechet_distance(const std::vector<double>& mu1, const linalg::Mat
   detail::check_gaussian("frechet_distance", "1", mu1, sigma1);
   detail::check_gaussian("frechet_distance", "2", mu2, sigma2);
   if (mu1.size() != mu2.size())
-    throw ShapeError("kiln::metrics::frechet_distance: the Gaussians have different dimensions: mu1 [" +
-                     std::to_string(mu1.size()) + "], sigma1 " + linalg::shape_text(sigma1) + " and mu2 [" +
-                     std::to_string(mu2.size()) + "], sigma2 " + linalg::shape_text(sigma2));
+    throw ShapeError(
+        "kiln::metrics::frechet_distance: the Gaussians have different dimensions: mu1 [" +
+        std::to_string(mu1.size()) + "], sigma1 " + linalg::shape_text(sigma1) + " and mu2 [" +
+        std::to_string(mu2.size()) + "], sigma2 " + linalg::shape_text(sigma2));
   double mean_term = 0;
   for (std::size_t i = 0; i < mu1.size(); ++i) mean_term += (mu1[i] - mu2[i]) * (mu1[i] - mu2[i]);
-  return mean_term + linalg::trace(sigma1) + linalg::trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2);
+  return mean_term + linalg::trace(sigma1) + linalg::trace(sigma2) -
+         2.0 * trace_sqrt_product(sigma1, sigma2);
 }
 
 // The same from tensors: mu [D] and sigma [D, D], float or double, any strides (CPU).
 template <class T>
-double frechet_distance(const Tensor<T>& mu1, const Tensor<T>& sigma1, const Tensor<T>& mu2, const Tensor<T>& sigma2) {
+double frechet_distance(const Tensor<T>& mu1, const Tensor<T>& sigma1, const Tensor<T>& mu2,
+                        const Tensor<T>& sigma2) {
   return frechet_distance(detail::vector_from_tensor("frechet_distance", "mu1", mu1),
                           detail::matrix_from_tensor("frechet_distance", "sigma1", sigma1),
                           detail::vector_from_tensor("frechet_distance", "mu2", mu2),
@@ -374,8 +408,9 @@ double frechet_distance(const Tensor<T>& mu1, const Tensor<T>& sigma1, const Ten
 // The Fréchet distance between the Gaussians of two sets of statistics (each needs >= 2 samples).
 inline double frechet_distance(const FeatureStatistics& a, const FeatureStatistics& b) {
   if (a.dim() != b.dim())
-    throw ShapeError("kiln::metrics::frechet_distance: statistics of dimension " + std::to_string(a.dim()) + " and " +
-                     std::to_string(b.dim()) + " cannot be compared");
+    throw ShapeError("kiln::metrics::frechet_distance: statistics of dimension " +
+                     std::to_string(a.dim()) + " and " + std::to_string(b.dim()) +
+                     " cannot be compared");
   return frechet_distance(a.mean(), a.covariance(), b.mean(), b.covariance());
 }
 
@@ -386,16 +421,19 @@ double fid_from_features(const Tensor<T>& features_a, const Tensor<T>& features_
   static_assert(detail::is_feature_element<T>, "fid_from_features takes float or double features");
   for (const Tensor<T>* f : {&features_a, &features_b})
     if (!f->defined() || f->dim() != 2)
-      throw ShapeError("kiln::metrics::fid_from_features: features must be matrices [N, D], got " +
-                       (features_a.defined() ? to_string(features_a.shape()) : std::string("undefined")) + " and " +
-                       (features_b.defined() ? to_string(features_b.shape()) : std::string("undefined")));
+      throw ShapeError(
+          "kiln::metrics::fid_from_features: features must be matrices [N, D], got " +
+          (features_a.defined() ? to_string(features_a.shape()) : std::string("undefined")) +
+          " and " +
+          (features_b.defined() ? to_string(features_b.shape()) : std::string("undefined")));
   if (features_a.size(1) != features_b.size(1))
-    throw_shape_error("metrics::fid_from_features", "the feature dimensions differ", features_a.shape(),
-                      features_b.shape());
+    throw_shape_error("metrics::fid_from_features", "the feature dimensions differ",
+                      features_a.shape(), features_b.shape());
   for (const Tensor<T>* f : {&features_a, &features_b})
     if (f->size(0) < 2)
-      throw_shape_error("metrics::fid_from_features", "each set needs at least 2 samples for a covariance",
-                        features_a.shape(), features_b.shape());
+      throw_shape_error("metrics::fid_from_features",
+                        "each set needs at least 2 samples for a covariance", features_a.shape(),
+                        features_b.shape());
   FeatureStatistics a, b;
   a.add(features_a);
   b.add(features_b);
