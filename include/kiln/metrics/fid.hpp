@@ -325,7 +325,9 @@ linalg::Matrix matrix_from_tensor(const char* op, const char* name, const Tensor
 // of Σ₁Σ₂, which sqrtm computes, has the square roots of those eigenvalues as its eigenvalues,
 // so Tr √(Σ₁Σ₂) = Σᵢ √μᵢ with μ = eig(AΣ₂A). We use A = V Λ^½ Vᵀ from Σ₁ = V Λ Vᵀ and take the
 // eigenvalues of Λ^½ (VᵀΣ₂V) Λ^½ = Vᵀ(AΣ₂A)V (orthogonally similar), keeping only the columns of
-// V with λ > 0 (the rest contribute zero), so a rank-r Σ₁ leaves an r × r problem.
+// V whose λ is above rounding level (below; the rest contribute zero), so a rank-r Σ₁ leaves an
+// r × r problem. Σ₁'s lower triangle is read and Σ₂ is symmetrized ((Σ₂ + Σ₂ᵀ)/2);
+// frechet_distance checks that both are symmetric first.
 //
 // Why this is stable: every step is a symmetric eigenproblem or a product, all backward stable,
 // and eigenvalues of symmetric matrices are perfectly conditioned (|Δμ| ≤ ‖ΔM‖, Weyl). sqrtm
