@@ -1,7 +1,9 @@
 // kiln/kiln.hpp — everything kiln offers on the CPU: tensors, lazy fused expressions,
 // automatic differentiation, differentiable ops and losses, nn modules, optimizers, data
-// loading and augmentation, files (gzip, IDX, safetensors, checkpoints, PNG images and plots),
-// AUROC, and the generative model templates of kiln/models (GAN, VAE, flow, diffusion).
+// loading and augmentation, files (gzip, IDX, safetensors, checkpoints, PNG images and plots,
+// TensorBoard event files), metrics (AUROC, BLEU, ROUGE, perplexity, the Fashion-MNIST feature
+// network, a metrics logger), and the generative model templates of kiln/models (GAN, VAE, flow,
+// diffusion).
 // Builds on the headers of include/kiln and backends/cpu.
 #pragma once
 
@@ -50,10 +52,18 @@
 #include <kiln/io/json.hpp>
 #include <kiln/io/plot.hpp>
 #include <kiln/io/png.hpp>
+#include <kiln/io/png_read.hpp>
 #include <kiln/io/progress.hpp>
 #include <kiln/io/safetensors.hpp>
+#include <kiln/io/tensorboard.hpp>
 
 #include <kiln/metrics/auroc.hpp>
+#include <kiln/metrics/bleu.hpp>
+#include <kiln/metrics/fashion_features.hpp>
+#include <kiln/metrics/logger.hpp>
+#include <kiln/metrics/perplexity.hpp>
+#include <kiln/metrics/porter_stemmer.hpp>
+#include <kiln/metrics/rouge.hpp>
 
 #include <kiln/models/diffusion.hpp>
 #include <kiln/models/flow.hpp>

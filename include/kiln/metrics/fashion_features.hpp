@@ -84,13 +84,15 @@ class BasicFashionFeatureNet : public nn::BasicModule<T, Device> {
 using FashionFeatureNet = BasicFashionFeatureNet<float, cpu>;
 
 // Features and class logits of a set of images, computed in eval mode without recording, `batch`
-// images at a time.
+// images at a time. (Function templates, so that including this header instantiates nothing.)
+template <class T = float>
 struct FeaturesAndLogits {
-  Tensor<float> features;  // [N, 128]
-  Tensor<float> logits;    // [N, 10]
+  Tensor<T> features;  // [N, 128]
+  Tensor<T> logits;    // [N, 10]
 };
 
-inline FeaturesAndLogits evaluate_features(FashionFeatureNet& net, const Tensor<float>& images, index_t batch = 500) {
+template <class T>
+FeaturesAndLogits<T> evaluate_features(BasicFashionFeatureNet<T, cpu>& net, const Tensor<T>& images, index_t batch = 500) {
   if (images.dim() < 1 || images.size(0) < 1)
     throw_shape_error("metrics::evaluate_features", "expected a non-empty batch of images", images.shape());
   if (batch < 1) throw_value_error("metrics::evaluate_features", "batch must be at least 1");
@@ -98,10 +100,10 @@ inline FeaturesAndLogits evaluate_features(FashionFeatureNet& net, const Tensor<
   const bool was_training = net.is_training();
   net.eval();
   const index_t n = images.size(0);
-  std::vector<Tensor<float>> features, logits;
+  std::vector<Tensor<T>> features, logits;
   for (index_t b = 0; b < n; b += batch) {
     const index_t e = std::min(n, b + batch);
-    Tensor<float> f = net.features(images.slice(0, b, e).contiguous());
+    Tensor<T> f = net.features(images.slice(0, b, e).contiguous());
     logits.push_back(net.classify(f));
     features.push_back(f);
   }
@@ -134,9 +136,10 @@ inline std::string find_fashion_features(const std::string& hint = "") {
 }
 
 // The feature network with the trained weights of `path` (see find_fashion_features), in eval mode.
-inline std::shared_ptr<FashionFeatureNet> load_fashion_features(const std::string& path = "") {
+template <class T = float>
+std::shared_ptr<BasicFashionFeatureNet<T, cpu>> load_fashion_features(const std::string& path = "") {
   Rng rng(0);
-  auto net = std::make_shared<FashionFeatureNet>(rng);
+  auto net = std::make_shared<BasicFashionFeatureNet<T, cpu>>(rng);
   io::load_module(find_fashion_features(path), *net);
   net->eval();
   return net;
