@@ -144,6 +144,8 @@ struct Options {
   bool conditional = false;
   int class_id = -1;
   long log_every = 50;
+  long fid_samples = 10000;
+  std::string features;
   int threads = 0;
   std::uint64_t seed = 0;
   bool deterministic = false;
@@ -343,7 +345,7 @@ int run(Options o, const std::string& config) {
                        {d_curve, g_curve});
   kiln::io::save_module(o.out + "/model.safetensors", *gan);
 
-  const double steps_per_second = static_cast<double>(step - first_step) / seconds;
+  const double steps_per_second = step > first_step ? static_cast<double>(step - first_step) / seconds : 0.0;
   double mean_pixel = 0;
   for (float v : final_samples.to_vector()) mean_pixel += (v + 1.0) * 127.5;
   mean_pixel /= static_cast<double>(final_samples.numel());
@@ -352,6 +354,25 @@ int run(Options o, const std::string& config) {
           << seconds << "\nsteps_per_second " << steps_per_second << "\nd_loss " << last_d
           << "\ng_loss " << last_g << "\nd_real " << last_real << "\nd_fake " << last_fake
           << "\nsample_mean_pixel " << mean_pixel << "\n";
+  if (o.fid_samples > 0) {
+    // Samples of G in eval mode (the EMA weights when --ema), classes drawn uniformly when
+    // conditional, against the 10,000 test images.
+    kiln::Rng rng(o.seed, 0, 11);
+    gan->generator().eval();
+    std::vector<Tensor<float>> parts;
+    for (long done = 0; done < o.fid_samples; done += 500) {
+      const index_t n = std::min<long>(500, o.fid_samples - done);
+      Labels labels;
+      if (o.conditional) {
+        labels = Labels::uninitialized(kiln::Shape{n});
+        for (index_t i = 0; i < n; ++i) labels.data()[i] = (done + i) % classes;
+      }
+      parts.push_back(gan->sample(n, rng, labels));
+    }
+    gan->generator().train();
+    const auto test = kiln::data::load_fashion_mnist(dir, "test");
+    example::report_quality(summary, example::sample_quality(kiln::concat(parts, 0), -1.0, 1.0, test.images, o.features));
+  }
   std::printf(
       "%ld steps in %.1f s (%.2f steps/s); D %.3f G %.3f; wrote %s/ (samples.png, loss.png, "
       "log.csv, summary.txt, "
@@ -396,6 +417,8 @@ int main(int argc, char** argv) {
   cli.add("--class", o.class_id,
           "with --conditional: the sample grid shows this class only (-1: one row per class)");
   cli.add("--log-every", o.log_every, "steps per row of log.csv and point of loss.png");
+  cli.add("--fid-samples", o.fid_samples, "samples for the final FID and Inception Score (0: skip)");
+  cli.add("--features", o.features, "weights of the feature network for FID/IS (default: the shipped file)", "FILE");
   cli.add("--threads", o.threads, "CPU threads (0: KILN_NUM_THREADS or all cores)");
   cli.add("--seed", o.seed, "seed of the initialization, shuffling and noise");
   cli.flag("--deterministic", o.deterministic,

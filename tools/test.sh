@@ -79,8 +79,9 @@ run_config() {
 }
 
 # Each configuration counts its build as one check plus one per CTest test.
-# The release build compiles the tests, examples and benchmarks with g++ -march=native: the tests at
-# -O1, the examples and benchmarks (built to check that they compile) at -O0, to keep the suite short
+# The release build compiles the tests, examples, tools and benchmarks with g++ -march=native: the
+# tests at -O1, the examples, tools and benchmarks (built to check that they compile; kiln-eval is
+# also run by a test on small inputs) at -O0, to keep the suite short
 # (the presets and tools/demo.sh build at -O3); every header on its own is compiled by the clang++
 # configuration.
 run_config release -DKILN_BUILD_BENCHMARKS=ON -DKILN_HEADER_HYGIENE=OFF "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -DNDEBUG" \
@@ -89,14 +90,14 @@ run_config release -DKILN_BUILD_BENCHMARKS=ON -DKILN_HEADER_HYGIENE=OFF "-DCMAKE
 # -Werror, the compile-fail wording and the README program (the unit tests are built by g++).
 BUILD_TARGETS="kiln_header_hygiene kiln_hygiene_odr kiln_hygiene_readme hygiene_version" \
 TEST_LABELS="hygiene|compile_fail" \
-run_config clang -DKILN_BUILD_BENCHMARKS=OFF -DKILN_BUILD_EXAMPLES=OFF "-DCMAKE_CXX_COMPILER=$CLANGXX" \
+run_config clang -DKILN_BUILD_BENCHMARKS=OFF -DKILN_BUILD_EXAMPLES=OFF -DKILN_BUILD_TOOLS=OFF "-DCMAKE_CXX_COMPILER=$CLANGXX" \
   "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -DNDEBUG"
 # AddressSanitizer + UBSan at -O0 with line tables (-g1), over the tests of memory-handling code:
 # tensors, views and expressions, the parsers and file formats, the data pipeline, the CPU kernels,
 # the autograd graph, modules, optimizer state and the flow layers (the numerical tests of every
 # op and model run in the release configuration).
 TEST_LABELS="unit" \
-run_config asan -DKILN_BUILD_BENCHMARKS=OFF -DKILN_BUILD_EXAMPLES=OFF \
+run_config asan -DKILN_BUILD_BENCHMARKS=OFF -DKILN_BUILD_EXAMPLES=OFF -DKILN_BUILD_TOOLS=OFF \
   "-DCMAKE_CXX_FLAGS=-O0 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
   "-DCMAKE_CXX_FLAGS_DEBUG=-g1" \
   "-DKILN_TEST_FILTER=^(core|expr|io|data|backend|autograd|metrics)/|^optim/optimizer|^nn/module|^ops/(index|attention)|^models/flow"

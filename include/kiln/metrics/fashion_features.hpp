@@ -2,7 +2,7 @@
 // classifier (two conv/BatchNorm/ReLU/max-pool stages, a 128-unit hidden layer, 10 classes) whose
 // 128-d hidden activations are the features for FID and whose softmax gives the Inception Score of
 // generated Fashion-MNIST images. Trained by tools/train_fashion_features.cpp; the trained weights
-// ship as weights/fashion-features.safetensors. Builds on nn (Conv2d, BatchNorm2d, Linear, Dropout)
+// ship as weights/fashion-features.safetensors (installed to <prefix>/share/kiln/weights). Builds on nn (Conv2d, BatchNorm2d, Linear, Dropout)
 // and io/checkpoint.hpp (load_module).
 #pragma once
 
@@ -111,9 +111,11 @@ FeaturesAndLogits<T> evaluate_features(BasicFashionFeatureNet<T, cpu>& net, cons
   return {concat(features, 0), concat(logits, 0)};
 }
 
-// Where the trained weights are: `hint` when not empty, else $KILN_FASHION_FEATURES, else the
-// file this source tree ships (weights/fashion-features.safetensors beside include/). Throws
-// kiln::Error naming every place tried when none exists.
+// Where the trained weights are: `hint` when not empty, else $KILN_FASHION_FEATURES, else
+// fashion-features.safetensors in KILN_WEIGHTS_DIR (defined by kiln's CMake target: the source
+// tree's weights/ folder, or <prefix>/share/kiln/weights once installed), else the weights/ folder
+// of the source tree this header sits in. Throws kiln::Error naming every place tried when none
+// exists.
 inline std::string find_fashion_features(const std::string& hint = "") {
   std::vector<std::string> tried;
   auto exists = [&](const std::string& path) {
@@ -125,6 +127,10 @@ inline std::string find_fashion_features(const std::string& hint = "") {
     if (exists(hint)) return hint;
   } else {
     if (const char* env = std::getenv("KILN_FASHION_FEATURES"); env && *env && exists(env)) return env;
+#ifdef KILN_WEIGHTS_DIR
+    if (const std::string configured = std::string(KILN_WEIGHTS_DIR) + "/fashion-features.safetensors"; exists(configured))
+      return configured;
+#endif
     const std::filesystem::path here = std::filesystem::path(__FILE__).parent_path();
     const std::string shipped = (here / ".." / ".." / ".." / "weights" / "fashion-features.safetensors").lexically_normal().string();
     if (exists(shipped)) return shipped;
@@ -132,7 +138,7 @@ inline std::string find_fashion_features(const std::string& hint = "") {
   std::string list;
   for (const auto& t : tried) list += (list.empty() ? "" : ", ") + t;
   throw Error("metrics::find_fashion_features: no weights file found (tried " + (list.empty() ? std::string("$KILN_FASHION_FEATURES") : list) +
-                "); train it with tools/train_fashion_features or pass its path");
+              "); train it with tools/train_fashion_features, pass its path, or set KILN_FASHION_FEATURES");
 }
 
 // The feature network with the trained weights of `path` (see find_fashion_features), in eval mode.
