@@ -1,8 +1,8 @@
 // kiln/metrics/inception.hpp — Inception-v3 as torchvision's inception_v3 and as pytorch-fid's FID Inception
 // (the network of the standard FID and Inception Score): 2048-d pool features and class logits, torchvision's
-// parameter names, and a loader for state dicts converted from PyTorch to safetensors.
-// Builds on nn (Conv2d, BatchNorm2d, Linear), ops/pool.hpp (pooling, bilinear resize), ops/index.hpp (concat)
-// and io/safetensors.hpp.
+// parameter names, PyTorch's CPU bilinear resize, and a loader for state dicts converted from PyTorch to safetensors.
+// Builds on nn (Conv2d, BatchNorm2d, Linear), ops/pool.hpp (pooling; detail::linear_map records the resize),
+// ops/index.hpp (concat) and io/safetensors.hpp.
 #pragma once
 
 #include <kiln/autograd/graph.hpp>
