@@ -13,7 +13,9 @@
 #include <kiln/io/safetensors.hpp>
 #include <kiln/version.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
@@ -202,9 +204,15 @@ struct SampleQuality {
 inline SampleQuality sample_quality(const kiln::Tensor<float>& generated, double lo, double hi,
                                     const kiln::Tensor<float>& real, const std::string& features_path = "") {
   auto net = kiln::metrics::load_fashion_features(features_path);
+  // [0, 1] as a PNG would show the values (NaN as 0).
   const auto to_unit = [&](const kiln::Tensor<float>& x) {
-    const float scale = static_cast<float>(1.0 / (hi - lo)), shift = static_cast<float>(lo);
-    return kiln::Tensor<float>(kiln::clamp((x - shift) * scale, 0.0f, 1.0f)).reshape({x.size(0), 784});
+    kiln::Tensor<float> unit = kiln::Tensor<float>::uninitialized(kiln::Shape{x.size(0), 784});
+    const std::vector<float> values = x.contiguous().to_vector();
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      const double v = (static_cast<double>(values[i]) - lo) / (hi - lo);
+      unit.data()[i] = std::isnan(v) ? 0.0f : static_cast<float>(std::clamp(v, 0.0, 1.0));
+    }
+    return unit;
   };
   const auto fake = kiln::metrics::evaluate_features(*net, to_unit(generated));
   const auto truth = kiln::metrics::evaluate_features(*net, real.reshape({real.size(0), 784}));
@@ -217,12 +225,32 @@ inline SampleQuality sample_quality(const kiln::Tensor<float>& generated, double
   return q;
 }
 
-// Appends the figures to a summary and prints them.
-inline void report_quality(std::ostream& summary, const SampleQuality& q) {
-  summary << "fid_samples " << q.samples << "\nfid " << q.fid << "\ninception_score " << q.inception_mean
-          << "\ninception_score_std " << q.inception_std << "\n";
-  std::printf("FID %.3f, Inception Score %.3f ± %.3f (%ld samples, Fashion-MNIST feature network, test set as reference)\n",
-              q.fid, q.inception_mean, q.inception_std, static_cast<long>(q.samples));
+// Appends the figures to a summary (keys prefixed by `prefix`, e.g. "ddpm_") and prints them.
+inline void report_quality(std::ostream& summary, const SampleQuality& q, const std::string& prefix = "") {
+  summary << prefix << "fid_samples " << q.samples << "\n" << prefix << "fid " << q.fid << "\n" << prefix
+          << "inception_score " << q.inception_mean << "\n" << prefix << "inception_score_std " << q.inception_std << "\n";
+  std::printf("%sFID %.3f, Inception Score %.3f ± %.3f (%ld samples, Fashion-MNIST feature network, test set as reference)\n",
+              prefix.c_str(), q.fid, q.inception_mean, q.inception_std, static_cast<long>(q.samples));
+}
+
+// Writes images [N, 1, H, W] (or [N, H * W] with H = W) with values in [lo, hi] as an IDX file of
+// uint8 [N, H, W] (the format of the Fashion-MNIST files), so kiln-eval and other tools can read
+// them: `kiln-eval fid --real t10k-images-idx3-ubyte.gz --fake FILE`.
+inline void save_idx_images(const std::string& path, const kiln::Tensor<float>& images, double lo, double hi) {
+  const kiln::index_t n = images.size(0), pixels = images.numel() / n;
+  kiln::index_t side = 0;
+  while ((side + 1) * (side + 1) <= pixels) ++side;
+  const kiln::index_t h = images.dim() == 4 ? images.size(2) : side, w = images.dim() == 4 ? images.size(3) : side;
+  if (h * w != pixels) throw std::runtime_error("save_idx_images: images are not single-channel squares or [N, 1, H, W]");
+  std::string bytes = {0, 0, 8, 3};
+  for (kiln::index_t v : {n, h, w})
+    for (int shift = 24; shift >= 0; shift -= 8) bytes.push_back(static_cast<char>((v >> shift) & 0xff));
+  const std::vector<float> values = images.contiguous().to_vector();
+  for (float v : values) {
+    const double unit = std::clamp((static_cast<double>(v) - lo) / (hi - lo), 0.0, 1.0);
+    bytes.push_back(static_cast<char>(static_cast<unsigned char>(std::lround(unit * 255.0))));
+  }
+  kiln::io::write_file_atomic(path, bytes);
 }
 
 }  // namespace example

@@ -40,6 +40,8 @@ struct Options {
   double guidance = 3.0;
   long ddim_steps = 50;
   long ddpm_every = 1;  // epochs between ancestral (1000-step) sample grids
+  long fid_samples = 1000;
+  std::string features;
   int threads = 0;
   std::uint64_t seed = 0;
   bool deterministic = false;
@@ -53,18 +55,22 @@ Tensor<index_t> grid_labels(int cls) {
   return l;
 }
 
-void write_samples(Model& model, const Options& o, const std::string& tag, bool ddpm) {
+// Writes the DDIM grid (and the ancestral one when `ddpm`); returns the ancestral samples (or an
+// undefined tensor).
+Tensor<float> write_samples(Model& model, const Options& o, const std::string& tag, bool ddpm) {
   model.eval();
   const Tensor<index_t> labels = o.conditional ? grid_labels(o.sample_class) : Tensor<index_t>();
   kiln::Rng rng(o.seed, 0, 7);  // the same starting noise every time: grids are comparable
   example::save_grid(o.out + "/samples_ddim" + tag + ".png",
                      model.ddim_sample(64, {1, 28, 28}, o.ddim_steps, rng, 0.0, labels, o.guidance), 8, -1.0, 1.0);
+  Tensor<float> ancestral;
   if (ddpm) {
     kiln::Rng rng2(o.seed, 0, 8);
-    example::save_grid(o.out + "/samples_ddpm" + tag + ".png", model.ddpm_sample(64, {1, 28, 28}, rng2, labels, o.guidance), 8,
-                       -1.0, 1.0);
+    ancestral = model.ddpm_sample(64, {1, 28, 28}, rng2, labels, o.guidance);
+    example::save_grid(o.out + "/samples_ddpm" + tag + ".png", ancestral, 8, -1.0, 1.0);
   }
   model.train();
+  return ancestral;
 }
 
 int run(const Options& o, const std::string& config) {
@@ -173,10 +179,36 @@ int run(const Options& o, const std::string& config) {
   example::save_curves(o.out + "/loss.png", "DDPM training loss", {curve}, true);
   kiln::io::save_module(o.out + "/model.safetensors", model);
   const auto ts = std::chrono::steady_clock::now();
-  write_samples(model, o, "", o.ddpm_every > 0);
+  const Tensor<float> ancestral = write_samples(model, o, "", o.ddpm_every > 0);
   const double sample_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
-  std::ofstream(o.out + "/summary.txt") << "train_loss_last_epoch " << last_epoch_loss << "\nsteps " << step
-                                        << "\nsampling_seconds " << sample_secs << "\n";
+  std::ofstream summary(o.out + "/summary.txt");
+  summary << "train_loss_last_epoch " << last_epoch_loss << "\nsteps " << step << "\nsampling_seconds " << sample_secs
+          << "\n";
+  if (o.fid_samples > 0) {
+    // DDIM (η = 0) samples, classes in turn when conditional, against the 10,000 test images; the
+    // samples are kept as an IDX file for kiln-eval.
+    const auto test = kiln::data::load_fashion_mnist(kiln::data::find_fashion_mnist_dir(o.data), "test");
+    model.eval();
+    kiln::Rng rng(o.seed, 0, 12);
+    std::vector<Tensor<float>> parts;
+    for (long done = 0; done < o.fid_samples; done += 250) {
+      const index_t n = std::min<long>(250, o.fid_samples - done);
+      Tensor<index_t> labels;
+      if (o.conditional) {
+        labels = Tensor<index_t>::uninitialized(kiln::Shape{n});
+        for (index_t i = 0; i < n; ++i) labels.data()[i] = (done + i) % 10;
+      }
+      parts.push_back(model.ddim_sample(n, {1, 28, 28}, o.ddim_steps, rng, 0.0, labels, o.guidance));
+    }
+    model.train();
+    const Tensor<float> ddim = kiln::concat(parts, 0);
+    example::save_idx_images(o.out + "/samples_ddim-images-idx3-ubyte", ddim, -1.0, 1.0);
+    example::report_quality(summary, example::sample_quality(ddim, -1.0, 1.0, test.images, o.features), "ddim_");
+    if (ancestral.defined()) {
+      example::save_idx_images(o.out + "/samples_ddpm-images-idx3-ubyte", ancestral, -1.0, 1.0);
+      example::report_quality(summary, example::sample_quality(ancestral, -1.0, 1.0, test.images, o.features), "ddpm64_");
+    }
+  }
   std::printf("wrote %s/ (samples_ddim.png%s, loss.png, log.csv, summary.txt)\n", o.out.c_str(),
               o.ddpm_every > 0 ? ", samples_ddpm.png" : "");
   return 0;
@@ -198,6 +230,8 @@ int main(int argc, char** argv) {
   cli.flag("--conditional", o.conditional, "class-conditional with classifier-free guidance");
   cli.add("--class", o.sample_class, "with --conditional: sample only this class (-1: one row per class 0-7)");
   cli.add("--guidance", o.guidance, "with --conditional: guidance scale w");
+  cli.add("--fid-samples", o.fid_samples, "DDIM samples for the final FID and Inception Score (0: skip)");
+  cli.add("--features", o.features, "weights of the feature network for FID/IS (default: the shipped file)", "FILE");
   cli.add("--ddim-steps", o.ddim_steps, "steps of the DDIM sampler");
   cli.add("--ddpm-every", o.ddpm_every, "epochs between 1000-step ancestral sample grids (0: never)");
   cli.flag("--flip", o.flip, "augment: flip each training image left-right with probability 1/2");

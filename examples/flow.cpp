@@ -51,6 +51,8 @@ struct Options {
   long glow_hidden = 64;
   long test_images = 10000;
   double clip_norm = 0;
+  long fid_samples = 10000;
+  std::string features;
   int threads = 0;
   std::uint64_t seed = 0;
   bool deterministic = false;
@@ -283,6 +285,21 @@ int run(const Options& o, const std::string& config) {
   summary << "model " << (o.glow ? "glow" : "realnvp_w5") << "\nsteps " << step << "\ntrain_bpd " << last_train_bpd
           << "\ntest_bpd " << test_bpd << "\nbest_test_bpd " << best << "\ntest_images " << n_test << "\nthreads "
           << kiln::num_threads() << "\nsteps_per_second " << rate << "\ndiverged " << (diverged ? 1 : 0) << "\n";
+  if (o.fid_samples > 0 && !diverged) {
+    // Samples at temperature 1 (pixel intensities in [0, 1]) against the 10,000 test images.
+    const auto test = kiln::data::load_fashion_mnist(kiln::data::find_fashion_mnist_dir(o.data), "test");
+    flow->eval();
+    kiln::Rng rng(o.seed, 0, 20);
+    std::vector<Tensor<float>> parts;
+    for (long done = 0; done < o.fid_samples; done += 500) {
+      const index_t n = std::min<long>(500, o.fid_samples - done);
+      parts.push_back(flow->sample(n, rng, 1.0).reshape({n, 784}));
+    }
+    flow->train();
+    const Tensor<float> samples = kiln::concat(parts, 0);
+    example::save_idx_images(o.out + "/samples_t100-images-idx3-ubyte", samples, 0.0, 1.0);
+    example::report_quality(summary, example::sample_quality(samples, 0.0, 1.0, test.images, o.features));
+  }
   std::printf("%.2f steps/s at %d threads; best test bits/dim %.4f\n", rate, kiln::num_threads(), best);
   std::printf("wrote %s/ (samples_t050/070/085/100.png, loss.png, log.csv, config.txt, summary.txt, model.safetensors)\n",
               o.out.c_str());
@@ -302,6 +319,8 @@ int main(int argc, char** argv) {
   cli.add("--lr", o.lr, "Adam learning rate");
   cli.add("--couplings", o.couplings, "RealNVP: affine coupling layers");
   cli.add("--hidden", o.hidden, "RealNVP: hidden width of each s/t network");
+  cli.add("--fid-samples", o.fid_samples, "samples (temperature 1) for the final FID and Inception Score (0: skip)");
+  cli.add("--features", o.features, "weights of the feature network for FID/IS (default: the shipped file)", "FILE");
   cli.add("--alpha", o.alpha, "alpha of the logit transform logit(alpha + (1 - 2 alpha) x)");
   cli.flag("--glow", o.glow, "a Glow-style multi-scale convolutional flow instead of W5's RealNVP");
   cli.add("--glow-steps", o.glow_steps, "Glow: steps (ActNorm, 1x1 conv, coupling) per level");

@@ -46,6 +46,8 @@ struct Options {
   int iw_k = 100;
   long iw_images = 1000;
   int holdout_class = -1;
+  long fid_samples = 10000;
+  std::string features;
   int threads = 0;
   std::uint64_t seed = 0;
   bool deterministic = false;
@@ -272,6 +274,19 @@ int run(const Options& o, const std::string& config) {
     std::printf("importance-weighted -log p(x), k=%d over %ld test images: %.2f nats\n", o.iw_k, static_cast<long>(n), nll);
     summary << "iwae_k " << o.iw_k << "\niwae_images " << n << "\niwae_negative_log_likelihood " << nll << "\n";
   }
+  if (o.fid_samples > 0) {
+    // Decoder means (Bernoulli probabilities) for z ~ N(0, I), against the 10,000 test images.
+    kiln::Rng sample_rng(o.seed, 0, 6);
+    vae->eval();
+    std::vector<Tensor<float>> parts;
+    for (long done = 0; done < o.fid_samples; done += 1000) {
+      const index_t n = std::min<long>(1000, o.fid_samples - done);
+      parts.push_back(vae->sample(n, sample_rng).reshape({n, 784}));
+    }
+    const Tensor<float> samples = kiln::concat(parts, 0);
+    example::save_idx_images(o.out + "/samples-images-idx3-ubyte", samples, 0.0, 1.0);
+    example::report_quality(summary, example::sample_quality(samples, 0.0, 1.0, test.images, o.features));
+  }
   if (o.holdout_class >= 0) {
     std::vector<double> scores;
     kiln::Rng score_rng(o.seed, 0, 5);
@@ -304,6 +319,8 @@ int main(int argc, char** argv) {
   cli.flag("--conv", o.conv, "a convolutional encoder/decoder instead of the W3 MLP");
   cli.add("--iw-k", o.iw_k, "importance samples of the final log-likelihood estimate (0: skip)");
   cli.add("--iw-images", o.iw_images, "test images of that estimate");
+  cli.add("--fid-samples", o.fid_samples, "samples for the final FID and Inception Score (0: skip)");
+  cli.add("--features", o.features, "weights of the feature network for FID/IS (default: the shipped file)", "FILE");
   cli.add("--holdout-class", o.holdout_class, "train without this class and report its anomaly AUROC (-1: off)");
   cli.add("--threads", o.threads, "CPU threads (0: KILN_NUM_THREADS or all cores)");
   cli.add("--seed", o.seed, "seed of the initialization, shuffling and noise");

@@ -9,6 +9,8 @@
 #   flow/       the W5 RealNVP: samples at several temperatures, test bits/dim
 #   diffusion/  the W6 DDPM: DDIM sample grid and the loss curve
 #   summary.md  the figures of every run and the pictures to open
+# The image families also report FID and Inception Score of their samples through kiln's
+# Fashion-MNIST feature network (weights/fashion-features.safetensors).
 # Each run writes log.csv, config.txt, loss.png, summary.txt, a checkpoint and the weights.
 # KILN_DEMO_SCALE=N multiplies every training budget (default 1: a few minutes per family on 2
 # cores). Missing Debian packages are installed first.
@@ -52,10 +54,10 @@ run() {
 rm -f "$out/.seconds"
 run mlp mlp --epochs $((2 * scale)) --out "$out/mlp"
 run vae vae --epochs $((5 * scale)) --out "$out/vae"
-run vae-anomaly vae --epochs $((2 * scale)) --holdout-class 8 --iw-k 0 --out "$out/vae-anomaly"
+run vae-anomaly vae --epochs $((2 * scale)) --holdout-class 8 --iw-k 0 --fid-samples 0 --out "$out/vae-anomaly"
 run gan gan --steps $((1500 * scale)) --out "$out/gan"
-run flow flow --steps $((1500 * scale)) --out "$out/flow"
-run diffusion diffusion --steps $((300 * scale)) --ddpm-every 0 --out "$out/diffusion"
+run flow flow --steps $((1500 * scale)) --fid-samples 5000 --out "$out/flow"
+run diffusion diffusion --steps $((300 * scale)) --ddpm-every 0 --fid-samples 250 --out "$out/diffusion"
 
 # summary.md: every run's figures (its summary.txt) and pictures.
 {

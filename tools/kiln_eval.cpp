@@ -1,12 +1,14 @@
 // kiln-eval — the standard figures of generative models from the command line:
-//   kiln-eval fid   --real A --fake B [--features FILE] [--json]
-//   kiln-eval is    --images A [--splits N] [--features FILE] [--json]
+//   kiln-eval fid   --real A --fake B [--features fashion|inception] [--weights FILE] [--json]
+//   kiln-eval is    --images A [--splits N] [--features fashion|inception] [--weights FILE] [--json]
 //   kiln-eval bleu  --hyp H --ref R [--ref R2 ...] [--tokenize 13a|none] [--smooth exp|floor|add-k|none]
 //                   [--lowercase] [--json]
 //   kiln-eval rouge --hyp H --ref R [--ref R2 ...] [--stem] [--sentence-sep TEXT] [--json]
 // Images (A, B) are IDX files (gzip-compressed or not; uint8 [N, 28, 28]) or folders of PNG files
 // (gray or colour, converted to gray with ITU-R BT.601 weights), compared through kiln's
-// Fashion-MNIST feature network (kiln/metrics/fashion_features.hpp). Text files hold one segment
+// Fashion-MNIST feature network (kiln/metrics/fashion_features.hpp; 28x28 images) or, with
+// --features inception, pytorch-fid's InceptionV3 (kiln/metrics/inception.hpp; any size, resized to
+// 299x299) with weights the user converted to safetensors (--weights). Text files hold one segment
 // per line. Output is plain text, or one JSON object with --json. Bad input (a missing file,
 // images of different sizes, line counts that differ, an empty hypothesis file) is an error
 // naming the file, and the exit status is 1 (2 for a usage error).
@@ -15,6 +17,7 @@
 #include <kiln/metrics/bleu.hpp>
 #include <kiln/metrics/fashion_features.hpp>
 #include <kiln/metrics/fid.hpp>
+#include <kiln/metrics/inception.hpp>
 #include <kiln/metrics/inception_score.hpp>
 #include <kiln/metrics/rouge.hpp>
 #include <kiln/version.hpp>
@@ -25,6 +28,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -87,7 +91,7 @@ std::string json_number(double v) {
   return text;
 }
 
-// Images in [0, 1], [N, 784], from an IDX file or a folder of 28x28 PNGs.
+// Gray images in [0, 1], [N, 1, H, W], from an IDX file or a folder of PNGs of one size.
 Tensor<float> load_images(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) throw std::runtime_error(path + ": no such file or folder");
@@ -129,10 +133,7 @@ Tensor<float> load_images(const std::string& path) {
     bytes = array.bytes;
   }
   if (count < 2) throw std::runtime_error(path + ": needs at least 2 images");
-  if (height != 28 || width != 28)
-    throw std::runtime_error(path + ": images are " + std::to_string(width) + "x" + std::to_string(height) +
-                             "; the Fashion-MNIST feature network takes 28x28 gray images");
-  Tensor<float> images = Tensor<float>::uninitialized(kiln::Shape{count, 784});
+  Tensor<float> images = Tensor<float>::uninitialized(kiln::Shape{count, 1, height, width});
   for (std::size_t i = 0; i < bytes.size(); ++i) images.data()[i] = static_cast<float>(bytes[i]) / 255.0f;
   return images;
 }
@@ -168,33 +169,74 @@ std::vector<std::vector<std::string>> read_references(const std::vector<std::str
   return streams;
 }
 
+// Features and logits of images through the chosen network.
+struct Network {
+  std::string name;
+  std::shared_ptr<kiln::metrics::FashionFeatureNet> fashion;
+  std::shared_ptr<kiln::metrics::InceptionV3> inception;
+
+  explicit Network(const Args& a) : name(a.one("--features", "fashion")) {
+    const std::string weights = a.one("--weights");
+    if (name == "fashion") {
+      fashion = kiln::metrics::load_fashion_features(weights);
+    } else if (name == "inception") {
+      if (weights.empty())
+        throw UsageError("--features inception needs --weights FILE: pytorch-fid's InceptionV3 weights converted to "
+                         "safetensors (names as torchvision's inception_v3)");
+      inception = std::make_shared<kiln::metrics::InceptionV3>(kiln::metrics::InceptionVariant::fid);
+      kiln::metrics::load_inception_v3_weights(weights, *inception);
+    } else {
+      throw UsageError("--features must be fashion or inception, got " + name);
+    }
+  }
+
+  kiln::metrics::FeaturesAndLogits<float> evaluate(const Tensor<float>& images, const std::string& path) {
+    if (fashion) {
+      if (images.size(2) != 28 || images.size(3) != 28)
+        throw std::runtime_error(path + ": images are " + std::to_string(images.size(3)) + "x" + std::to_string(images.size(2)) +
+                                 "; the Fashion-MNIST feature network takes 28x28 gray images (or use --features inception)");
+      return kiln::metrics::evaluate_features(*fashion, images);
+    }
+    kiln::NoGrad no_grad;
+    std::vector<Tensor<float>> features, logits;
+    for (index_t b = 0; b < images.size(0); b += 50) {
+      const Tensor<float> f = inception->features(images.slice(0, b, std::min(images.size(0), b + 50)).contiguous());
+      logits.push_back(inception->classify(f));
+      features.push_back(f);
+    }
+    return {kiln::concat(features, 0), kiln::concat(logits, 0)};
+  }
+};
+
 int fid(const Args& a) {
-  auto net = kiln::metrics::load_fashion_features(a.one("--features"));
+  Network net(a);
   const std::string real_path = a.required("--real"), fake_path = a.required("--fake");
-  const auto real = kiln::metrics::evaluate_features(*net, load_images(real_path));
-  const auto fake = kiln::metrics::evaluate_features(*net, load_images(fake_path));
+  const auto real = net.evaluate(load_images(real_path), real_path);
+  const auto fake = net.evaluate(load_images(fake_path), fake_path);
   const double value = kiln::metrics::fid_from_features(real.features, fake.features);
   if (a.flag("--json"))
-    std::printf("{\"metric\": \"fid\", \"features\": \"fashion\", \"fid\": %s, \"real\": %ld, \"fake\": %ld}\n",
+    std::printf("{\"metric\": \"fid\", \"features\": \"%s\", \"fid\": %s, \"real\": %ld, \"fake\": %ld}\n", net.name.c_str(),
                 json_number(value).c_str(), static_cast<long>(real.features.size(0)), static_cast<long>(fake.features.size(0)));
   else
-    std::printf("FID %.4f (%ld real, %ld generated images; Fashion-MNIST feature network)\n", value,
-                static_cast<long>(real.features.size(0)), static_cast<long>(fake.features.size(0)));
+    std::printf("FID %.4f (%ld real, %ld generated images; %s features)\n", value, static_cast<long>(real.features.size(0)),
+                static_cast<long>(fake.features.size(0)), net.name.c_str());
   return 0;
 }
 
 int inception(const Args& a) {
-  auto net = kiln::metrics::load_fashion_features(a.one("--features"));
+  Network net(a);
   const int splits = std::stoi(a.one("--splits", "10"));
-  const auto out = kiln::metrics::evaluate_features(*net, load_images(a.required("--images")));
+  const std::string path = a.required("--images");
+  const auto out = net.evaluate(load_images(path), path);
   const auto is = kiln::metrics::inception_score_from_logits(out.logits, splits);
   if (a.flag("--json"))
-    std::printf("{\"metric\": \"inception_score\", \"features\": \"fashion\", \"mean\": %s, \"std\": %s, \"splits\": %d, "
+    std::printf("{\"metric\": \"inception_score\", \"features\": \"%s\", \"mean\": %s, \"std\": %s, \"splits\": %d, "
                 "\"images\": %ld}\n",
-                json_number(is.mean).c_str(), json_number(is.std).c_str(), splits, static_cast<long>(out.logits.size(0)));
+                net.name.c_str(), json_number(is.mean).c_str(), json_number(is.std).c_str(), splits,
+                static_cast<long>(out.logits.size(0)));
   else
-    std::printf("Inception Score %.4f ± %.4f (%d splits, %ld images; Fashion-MNIST feature network)\n", is.mean, is.std,
-                splits, static_cast<long>(out.logits.size(0)));
+    std::printf("Inception Score %.4f ± %.4f (%d splits, %ld images; %s features)\n", is.mean, is.std, splits,
+                static_cast<long>(out.logits.size(0)), net.name.c_str());
   return 0;
 }
 
@@ -259,13 +301,14 @@ int rouge(const Args& a) {
 void usage(std::FILE* to) {
   std::fprintf(to,
                "kiln-eval (kiln %s) — FID, Inception Score, BLEU and ROUGE from files\n\n"
-               "  kiln-eval fid   --real A --fake B [--features FILE] [--json]\n"
-               "  kiln-eval is    --images A [--splits N] [--features FILE] [--json]\n"
+               "  kiln-eval fid   --real A --fake B [--features fashion|inception] [--weights FILE] [--json]\n"
+               "  kiln-eval is    --images A [--splits N] [--features fashion|inception] [--weights FILE] [--json]\n"
                "  kiln-eval bleu  --hyp H --ref R [--ref R2 ...] [--tokenize 13a|none]\n"
                "                  [--smooth exp|floor|add-k|none] [--lowercase] [--json]\n"
                "  kiln-eval rouge --hyp H --ref R [--ref R2 ...] [--stem] [--sentence-sep TEXT] [--json]\n\n"
-               "Images: IDX files (uint8 [N, 28, 28], .gz or not) or folders of 28x28 PNGs, through kiln's\n"
-               "Fashion-MNIST feature network (--features: another weights file). Text: one segment per\n"
+               "Images: IDX files (uint8 [N, H, W], .gz or not) or folders of PNGs of one size, through kiln's\n"
+               "Fashion-MNIST feature network (28x28; --weights: another weights file) or pytorch-fid's\n"
+               "InceptionV3 (--features inception --weights FILE: its weights as safetensors). Text: one segment per\n"
                "line; BLEU as sacreBLEU's defaults, ROUGE (rouge1, rouge2, rougeL, rougeLsum; mean over\n"
                "segments, best reference per segment) as Google's rouge-score.\n",
                kiln::version());
@@ -284,8 +327,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   try {
-    if (command == "fid") return fid(parse(argc, argv, 2, {"--real", "--fake", "--features"}, {"--json"}));
-    if (command == "is") return inception(parse(argc, argv, 2, {"--images", "--splits", "--features"}, {"--json"}));
+    if (command == "fid") return fid(parse(argc, argv, 2, {"--real", "--fake", "--features", "--weights"}, {"--json"}));
+    if (command == "is")
+      return inception(parse(argc, argv, 2, {"--images", "--splits", "--features", "--weights"}, {"--json"}));
     if (command == "bleu")
       return bleu(parse(argc, argv, 2, {"--hyp", "--ref", "--tokenize", "--smooth"}, {"--lowercase", "--json"}));
     if (command == "rouge") return rouge(parse(argc, argv, 2, {"--hyp", "--ref", "--sentence-sep"}, {"--stem", "--json"}));

@@ -1,7 +1,7 @@
 // kiln/kiln.hpp — everything kiln offers on the CPU: tensors, lazy fused expressions,
 // automatic differentiation, differentiable ops and losses, nn modules, optimizers, data
 // loading and augmentation, files (gzip, IDX, safetensors, checkpoints, PNG images and plots,
-// TensorBoard event files), metrics (AUROC, FID, Inception Score, BLEU, ROUGE, perplexity, the Fashion-MNIST feature
+// TensorBoard event files), metrics (AUROC, FID, InceptionV3, Inception Score, BLEU, ROUGE, perplexity, the Fashion-MNIST feature
 // network, a metrics logger), and the generative model templates of kiln/models (GAN, VAE, flow,
 // diffusion).
 // Builds on the headers of include/kiln and backends/cpu.
@@ -61,6 +61,7 @@
 #include <kiln/metrics/bleu.hpp>
 #include <kiln/metrics/fashion_features.hpp>
 #include <kiln/metrics/fid.hpp>
+#include <kiln/metrics/inception.hpp>
 #include <kiln/metrics/inception_score.hpp>
 #include <kiln/metrics/logger.hpp>
 #include <kiln/metrics/perplexity.hpp>

@@ -36,6 +36,7 @@ expect "line counts differ" 'ref2\.txt has 2 lines but .*hyp\.txt has 1' "$eval_
 expect "empty hypotheses" 'empty\.txt: the hypothesis file is empty' "$eval_bin" rouge --hyp "$work/empty.txt" --ref "$work/ref.txt"
 expect "missing file" 'nothere\.idx: no such file' "$eval_bin" fid --real "$work/nothere.idx" --fake "$work/nothere.idx"
 expect "usage error" 'unknown command' "$eval_bin" frechet
+expect "inception needs weights" 'needs --weights FILE' "$eval_bin" fid --real "$work/hyp.txt" --fake "$work/hyp.txt" --features inception
 
 # 300 test images as an IDX file (header: 0x00000803, N, 28, 28), made with head/printf only.
 {
@@ -58,5 +59,13 @@ open(sys.argv[1] + '/a.png', 'wb').write(png(28, 28))
 open(sys.argv[1] + '/b.png', 'wb').write(png(27, 28))
 PY
   expect "png sizes differ" 'b\.png: image is 27x28 but .*a\.png is 28x28' "$eval_bin" is --images "$work/png"
+  rm "$work/png/a.png"
+  python3 - "$work/png" <<'PY'
+import struct, sys, zlib
+def chunk(t, b): return struct.pack('>I', len(b)) + t + b + struct.pack('>I', zlib.crc32(t + b))
+rows = b''.join(b'\x00' + bytes(27) for _ in range(28))
+open(sys.argv[1] + '/c.png', 'wb').write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 27, 28, 8, 0, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b''))
+PY
+  expect "fashion needs 28x28" 'images are 27x28; the Fashion-MNIST feature network takes 28x28' "$eval_bin" is --images "$work/png"
 fi
 [ "$failures" -eq 0 ] || { echo "$failures check(s) failed"; exit 1; }
