@@ -134,7 +134,9 @@ void check_against_torch(Model& model, const std::string& case_name, F expected_
   double worst_relative = 0;
   std::string worst_name;
   std::size_t checked = 0;
-  for (const auto& [name, p] : model.named_parameters()) {
+  for (const auto& entry : model.named_parameters()) {
+    const std::string& name = entry.first;
+    const Tensor<float>& p = entry.second;
     const Difference d = difference(p.grad(), expected_grad(name, ref));
     worst_grad.max_abs = std::max(worst_grad.max_abs, d.max_abs);
     if (d.relative() > worst_relative) worst_relative = d.relative(), worst_name = name;
@@ -328,6 +330,18 @@ TEST_CASE("GPT: a Hugging Face LLaMA checkpoint (RoPE, RMSNorm, SwiGLU, GQA) giv
     REQUIRE(rest == "mlp.c_proj.weight");
     return g(m + "mlp.down_proj.weight");
   });
+
+  // Without config.json: n_head given, n_kv_head inferred from k_proj's shape.
+  const TempDir dir("llama");
+  fs::copy_file(reference().file("llama/model.safetensors"), dir.file("model.safetensors"));
+  CHECK_THROWS_WITH_AS(kiln::models::load_llama_safetensors<float>(dir.file("model.safetensors")),
+                       doctest::Contains("num_attention_heads"), kiln::ValueError);
+  kiln::models::PretrainedOptions options;
+  options.n_head = 4, options.norm_eps = 1e-6, options.block_size = 32;
+  const auto again = kiln::models::load_llama_safetensors<float>(dir.file("model.safetensors"), options);
+  CHECK(again->config().kv_heads() == 2);
+  const Tensor<index_t> tokens = random_ids(1, 9, 97, 6);
+  CHECK(difference(logits_of(*again, tokens), logits_of(*model, tokens)).max_abs == 0.0);
 }
 
 TEST_CASE("GPT: a BERT-style bidirectional encoder (causal = false) gives PyTorch's logits and gradients") {
@@ -424,9 +438,10 @@ TEST_CASE("GPT: the loaders list every missing, unexpected and mis-shaped tensor
     const std::string msg = e.what();
     MESSAGE(msg);
     CHECK(msg.find("broken.safetensors") != std::string::npos);
-    CHECK(msg.find("missing (1): h.1.mlp.c_fc.bias") != std::string::npos);
+    CHECK(msg.find("missing (1): transformer.h.1.mlp.c_fc.bias") != std::string::npos);
     CHECK(msg.find("unexpected (1): transformer.h.0.attn.rotary") != std::string::npos);
-    CHECK(msg.find("mis-shaped (1): h.1.attn.c_proj.weight (model [64, 64], stored transposed") != std::string::npos);
+    CHECK(msg.find("mis-shaped (1): h.1.attn.c_proj.weight (model [64, 64], stored transposed; file: "
+                   "transformer.h.1.attn.c_proj.weight [64, 60])") != std::string::npos);
   }
   CHECK_THROWS_WITH_AS(kiln::models::load_llama_safetensors<float>(reference().file("gpt2/model.safetensors"), options),
                        doctest::Contains("model.embed_tokens.weight"), kiln::nn::StateDictError);
@@ -600,7 +615,9 @@ TEST_CASE("GPT LoRA: unchanged at init, gradients only for the adapters, merging
   m->zero_grad();
   const Tensor<float> loss0 = m->loss(tokens);
   loss0.backward();
-  for (const auto& [name, p] : m->named_parameters()) {
+  for (const auto& entry : m->named_parameters()) {
+    const std::string& name = entry.first;
+    const Tensor<float>& p = entry.second;
     const bool adapter = name.ends_with(".lora_A") || name.ends_with(".lora_B");
     CHECK_MESSAGE(p.grad().defined() == adapter, name);
   }

@@ -501,6 +501,7 @@ class GPT : public nn::BasicModule<T, Device> {
       lm_head_ = this->register_module("lm_head", std::make_shared<LoRALinear<T, Device>>(c.n_embd, c.vocab_size, false));
     dropout_rng_ = nn::derive_generator(rng);
     if (c.position == PositionKind::alibi) alibi_slopes_ = alibi_slopes(c.n_head);
+    if (c.position == PositionKind::rotary) make_rope_tables();
 
     const double std = c.init_std, proj_std = c.init_std / std::sqrt(2.0 * static_cast<double>(c.n_layer));
     nn::init::normal_(wte_->weight(), rng, 0.0, std);
@@ -816,24 +817,34 @@ class GPT : public nn::BasicModule<T, Device> {
   // at absolute positions t = past .. past + T − 1. x [B, heads, T, d].
   tensor_type rope(const tensor_type& x, index_t past) const {
     const index_t T_len = x.size(2), d = x.size(3), half = d / 2;
-    auto cos_t = tensor_type::uninitialized(Shape{T_len, half});
-    auto sin_t = tensor_type::uninitialized(Shape{T_len, half});
-    for (index_t t = 0; t < T_len; ++t)
-      for (index_t i = 0; i < half; ++i) {
-        const double inv_freq = std::pow(config_.rope_theta, -2.0 * static_cast<double>(i) / static_cast<double>(d));
-        const double angle = static_cast<double>(past + t) * inv_freq;
-        cos_t.data()[t * half + i] = static_cast<T>(std::cos(angle));
-        sin_t.data()[t * half + i] = static_cast<T>(std::sin(angle));
-      }
+    const tensor_type cos_t = rope_cos_.slice(0, past, past + T_len), sin_t = rope_sin_.slice(0, past, past + T_len);
     const tensor_type x1 = x.slice(3, 0, half), x2 = x.slice(3, half, d);
     const tensor_type o1 = tensor_type(x1 * cos_t - x2 * sin_t);
     const tensor_type o2 = tensor_type(x2 * cos_t + x1 * sin_t);
     return kiln::concat(std::vector<tensor_type>{o1, o2}, 3);
   }
 
+  // cos θ and sin θ [block_size, head_dim / 2] for every position, computed in double.
+  void make_rope_tables() {
+    const index_t d = config_.head_dim(), half = d / 2, N = config_.block_size;
+    rope_cos_ = tensor_type::uninitialized(Shape{N, half});
+    rope_sin_ = tensor_type::uninitialized(Shape{N, half});
+    for (index_t i = 0; i < half; ++i) {
+      const double inv_freq = std::pow(config_.rope_theta, -2.0 * static_cast<double>(i) / static_cast<double>(d));
+      for (index_t t = 0; t < N; ++t) {
+        const double angle = static_cast<double>(t) * inv_freq;
+        rope_cos_.data()[t * half + i] = static_cast<T>(std::cos(angle));
+        rope_sin_.data()[t * half + i] = static_cast<T>(std::sin(angle));
+      }
+    }
+  }
+
   // The additive score bias [heads or 1, Tq, Tk] for queries at positions past .. past + Tq − 1:
-  // −m_h·|i − j| for ALiBi, and −inf where a causal query may not look (key j > query i).
-  tensor_type attention_bias(index_t Tq, index_t Tk, index_t past) const {
+  // −m_h·|i − j| for ALiBi, and −inf where a causal query may not look (key j > query i). The
+  // last one is kept: every layer of a forward pass asks for the same.
+  tensor_type attention_bias(index_t Tq, index_t Tk, index_t past) {
+    if (bias_memo_.defined() && bias_memo_key_[0] == Tq && bias_memo_key_[1] == Tk && bias_memo_key_[2] == past)
+      return bias_memo_;
     const bool alibi = config_.position == PositionKind::alibi;
     const index_t H = alibi ? config_.n_head : 1;
     auto bias = tensor_type::uninitialized(Shape{H, Tq, Tk});
@@ -845,6 +856,8 @@ class GPT : public nn::BasicModule<T, Device> {
           if (config_.causal && j > qi) v = -std::numeric_limits<double>::infinity();
           bias.data()[(h * Tq + i) * Tk + j] = static_cast<T>(v);
         }
+    bias_memo_ = bias;
+    bias_memo_key_[0] = Tq, bias_memo_key_[1] = Tk, bias_memo_key_[2] = past;
     return bias;
   }
 
@@ -902,6 +915,9 @@ class GPT : public nn::BasicModule<T, Device> {
   std::shared_ptr<LoRALinear<T, Device>> lm_head_;
   Rng dropout_rng_;
   std::vector<double> alibi_slopes_;
+  tensor_type rope_cos_, rope_sin_;
+  tensor_type bias_memo_;
+  index_t bias_memo_key_[3] = {0, 0, 0};
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -954,9 +970,11 @@ struct SourceEntry {
 // Copies the sources into the model's parameters, after checking every name and shape; on any
 // problem throws nn::StateDictError naming the file and listing missing, unexpected and
 // mis-shaped tensors. `ignorable(name)` marks file entries that are not parameters (HF buffers).
+// Missing names are reported with `missing_prefix` ("transformer." when the file uses it).
 template <class T, class F>
 void load_sources(GPT<T, cpu>& model, const io::SafeTensorsFile& file, const std::vector<SourceEntry>& sources,
-                  const std::unordered_map<std::string, std::string>& file_name_of, F ignorable) {
+                  const std::unordered_map<std::string, std::string>& file_name_of, F ignorable,
+                  const std::string& missing_prefix = "") {
   std::vector<std::string> missing, misshaped, unexpected;
   std::unordered_set<std::string> used;
   const auto params = model.state_dict();
@@ -969,7 +987,7 @@ void load_sources(GPT<T, cpu>& model, const io::SafeTensorsFile& file, const std
       used.insert(n);
       auto it = file_name_of.find(n);
       if (it == file_name_of.end()) {
-        missing.push_back(n);
+        missing.push_back(missing_prefix + n);
         complete = false;
         continue;
       }
@@ -986,7 +1004,7 @@ void load_sources(GPT<T, cpu>& model, const io::SafeTensorsFile& file, const std
     if (!fits) {
       std::string got;
       for (std::size_t i = 0; i < s.names.size(); ++i)
-        got += (i ? ", " : "") + s.names[i] + " " + to_string(file.shape(file_name_of.at(s.names[i])));
+        got += (i ? ", " : "") + file_name_of.at(s.names[i]) + " " + to_string(file.shape(file_name_of.at(s.names[i])));
       misshaped.push_back(s.parameter + " (model " + to_string(target.shape()) + (s.transposed ? ", stored transposed" : "") +
                           "; file: " + got + ")");
     }
@@ -1033,9 +1051,11 @@ std::shared_ptr<GPT<T, cpu>> load_gpt2_safetensors(const std::string& path, cons
   const char* op = "models::load_gpt2_safetensors";
   io::SafeTensorsFile file(path);
   std::unordered_map<std::string, std::string> name_of;  // name without "transformer." -> file name
+  bool prefixed = false;
   for (const auto& n : file.names()) {
-    const std::string stripped = n.rfind("transformer.", 0) == 0 ? n.substr(12) : n;
-    name_of[stripped] = n;
+    const bool p = n.rfind("transformer.", 0) == 0;
+    prefixed = prefixed || p;
+    name_of[p ? n.substr(12) : n] = n;
   }
   auto need = [&](const std::string& n) -> Shape {
     auto it = name_of.find(n);
@@ -1085,10 +1105,12 @@ std::shared_ptr<GPT<T, cpu>> load_gpt2_safetensors(const std::string& path, cons
                         (name.find(".attn.c_") != std::string::npos || name.find(".mlp.c_") != std::string::npos);
     sources.push_back({name, {name}, conv1d});
   }
-  detail::load_sources(*model, file, sources, name_of, [](const std::string& n) {
-    return detail::layer_index(n, "h.") >= 0 &&
-           (n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias"));
-  });
+  detail::load_sources(
+      *model, file, sources, name_of,
+      [](const std::string& n) {
+        return detail::layer_index(n, "h.") >= 0 && (n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias"));
+      },
+      prefixed ? "transformer." : "");
   return model;
 }
 
@@ -1103,6 +1125,10 @@ void save_gpt2_safetensors(const GPT<T, cpu>& model, const std::string& path, bo
   if (!model.config().gpt2_layout())
     throw_value_error(op, "the Hugging Face GPT-2 layout holds only GPT-2's architecture (learned positions, "
                           "LayerNorm, gelu MLP, n_kv_head = n_head, sequential blocks)");
+  model.for_each_projection([&](const std::string& name, LoRALinear<T, cpu>& l) {
+    if (l.lora_active())
+      throw_value_error(op, name + " has an unmerged LoRA adapter: call merge_lora() before saving");
+  });
   std::vector<std::pair<std::string, Tensor<T>>> entries;
   for (const auto& [name, tensor] : model.state_dict()) {
     if (name.ends_with(".lora_A") || name.ends_with(".lora_B")) continue;
@@ -1111,10 +1137,6 @@ void save_gpt2_safetensors(const GPT<T, cpu>& model, const std::string& path, bo
     const std::string out = (transformer_prefix && name != "lm_head.weight" ? "transformer." : "") + name;
     entries.emplace_back(out, conv1d ? tensor.t().contiguous() : tensor);
   }
-  model.for_each_projection([&](const std::string& name, LoRALinear<T, cpu>& l) {
-    if (l.lora_active())
-      throw_value_error(op, name + " has an unmerged LoRA adapter: call merge_lora() before saving");
-  });
   io::save_safetensors(path, entries, {{"format", "pt"}});
 }
 
