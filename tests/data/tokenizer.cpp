@@ -606,7 +606,8 @@ TEST_CASE("Unicode tables, pre-tokenizer, encoder and trainer agree with Python"
       "emoji \xF0\x9F\x98\x80\xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD \xF0\x9F\x91\xA8\xE2\x80\x8D\xF0\x9F\x91\xA9",
       "digits 0123456789 \xD9\xA3\xD9\xA4 \xC2\xBD \xE2\x85\xAB \xEF\xBC\x91", "mixed \xD0\x9F\xD1\x80\xD0\xB8" "abc123\xCE\xB1\xCE\xB2",
       "   ", " ", "\n", "x  \n  y", "\xE3\x80\x80\xE2\x80\x83spaces\xC2\xA0", "'s's''s '' 's", "\x1C\x1F\x07\x08 ctrl",
-      "..., ?! -- (a) [b]", "http://example.com/a_b?c=1&d=2"};
+      "..., ?! -- (a) [b]", "http://example.com/a_b?c=1&d=2",
+      "abab aaaa ababab abababa baab aaa"};
   for (int i = 0; i < 400; ++i) texts.push_back(random_text(rng, 40, skew));
   std::vector<std::string> long_texts = {leading_lines(training_text(), 4000)};
   for (int i = 0; i < 20; ++i) long_texts.push_back(random_text(rng, 400, skew));
