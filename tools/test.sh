@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 JOBS="${KILN_TEST_JOBS:-2}"
 PACKAGES=(g++ clang cmake ninja-build pkg-config gzip doctest-dev libbenchmark-dev libopenblas-dev libeigen3-dev
-          python3 python3-torch python3-numpy python3-scipy python3-nltk python3-torchvision python3-regex dataset-fashion-mnist)
+          python3 python3-torch python3-numpy python3-scipy python3-nltk python3-torchvision python3-regex dataset-fashion-mnist fortunes)
 
 log() { printf '\n==> %s\n' "$*"; }
 

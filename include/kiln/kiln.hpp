@@ -1,6 +1,7 @@
 // kiln/kiln.hpp — everything kiln offers on the CPU: tensors, lazy fused expressions,
 // automatic differentiation, differentiable ops and losses, nn modules, optimizers, data
-// loading and augmentation, files (gzip, IDX, safetensors, checkpoints, PNG images and plots,
+// loading and augmentation, text (tokenizers: characters and GPT-2's byte-level BPE, cleaning, the
+// fortunes corpus, token datasets), files (gzip, IDX, safetensors, checkpoints, PNG images and plots,
 // TensorBoard event files), metrics (AUROC, FID, InceptionV3, Inception Score, BLEU, ROUGE, perplexity, the Fashion-MNIST feature
 // network, a metrics logger), and the generative model templates of kiln/models (GAN, VAE, flow,
 // diffusion).
@@ -47,6 +48,9 @@
 #include <kiln/data/fashion_mnist.hpp>
 #include <kiln/data/idx.hpp>
 #include <kiln/data/loader.hpp>
+#include <kiln/data/text.hpp>
+#include <kiln/data/tokenizer.hpp>
+#include <kiln/data/unicode.hpp>
 #include <kiln/io/checkpoint.hpp>
 #include <kiln/io/gzip.hpp>
 #include <kiln/io/json.hpp>
