@@ -4,22 +4,29 @@
 //   kiln-eval bleu  --hyp H --ref R [--ref R2 ...] [--tokenize 13a|none] [--smooth exp|floor|add-k|none]
 //                   [--lowercase] [--json]
 //   kiln-eval rouge --hyp H --ref R [--ref R2 ...] [--stem] [--sentence-sep TEXT] [--json]
+//   kiln-eval ppl   --model M --text F [--tokenizer PATH] [--max-length N] [--stride S] [--n-head H] [--json]
 // Images (A, B) are IDX files (gzip-compressed or not; uint8 [N, 28, 28]) or folders of PNG files
 // (gray or colour, converted to gray with ITU-R BT.601 weights), compared through kiln's
 // Fashion-MNIST feature network (kiln/metrics/fashion_features.hpp; 28x28 images) or, with
 // --features inception, pytorch-fid's InceptionV3 (kiln/metrics/inception.hpp; any size, resized to
 // 299x299) with weights the user converted to safetensors (--weights). Text files hold one segment
-// per line. Output is plain text, or one JSON object with --json. Bad input (a missing file,
+// per line. `ppl` loads a GPT-2-layout safetensors checkpoint (config.json beside it, or --n-head)
+// and its tokenizer (a folder or file: tokenizer.json of kiln's CharTokenizer, or GPT-2's
+// vocab.json + merges.txt; default: the model's folder) and reports the sliding-window perplexity
+// of the text file (kiln/metrics/perplexity.hpp). Output is plain text, or one JSON object with --json. Bad input (a missing file,
 // images of different sizes, line counts that differ, an empty hypothesis file) is an error
 // naming the file, and the exit status is 1 (2 for a usage error).
 #include <kiln/data/idx.hpp>
+#include <kiln/data/tokenizer.hpp>
 #include <kiln/io/png_read.hpp>
 #include <kiln/metrics/bleu.hpp>
 #include <kiln/metrics/fashion_features.hpp>
 #include <kiln/metrics/fid.hpp>
 #include <kiln/metrics/inception.hpp>
 #include <kiln/metrics/inception_score.hpp>
+#include <kiln/metrics/perplexity.hpp>
 #include <kiln/metrics/rouge.hpp>
+#include <kiln/models/gpt.hpp>
 #include <kiln/version.hpp>
 
 #include <algorithm>
@@ -298,19 +305,85 @@ int rouge(const Args& a) {
   return 0;
 }
 
+// The token ids of `text` with the tokenizer at `path` (a folder holding tokenizer.json or
+// vocab.json + merges.txt, or one of those files).
+std::vector<std::int64_t> tokenize(const std::string& path, const std::string& text) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path p(path);
+  fs::path char_file, vocab, merges;
+  if (fs::is_directory(p, ec)) {
+    if (fs::exists(p / "tokenizer.json", ec)) char_file = p / "tokenizer.json";
+    vocab = p / "vocab.json";
+    merges = p / "merges.txt";
+  } else if (p.filename() == "vocab.json" || p.filename() == "merges.txt") {
+    vocab = p.parent_path() / "vocab.json";
+    merges = p.parent_path() / "merges.txt";
+  } else {
+    char_file = p;
+  }
+  std::vector<kiln::index_t> ids;
+  if (!char_file.empty()) {
+    ids = kiln::data::CharTokenizer::load(char_file.string()).encode(text);
+  } else {
+    if (!fs::exists(vocab, ec) || !fs::exists(merges, ec))
+      throw std::runtime_error(path + ": no tokenizer (expected tokenizer.json, or vocab.json and merges.txt)");
+    ids = kiln::data::ByteLevelBPE::load(vocab.string(), merges.string()).encode(text);
+  }
+  return {ids.begin(), ids.end()};
+}
+
+int perplexity(const Args& a) {
+  const std::string model_path = a.required("--model"), text_path = a.required("--text");
+  kiln::models::PretrainedOptions po;
+  if (const std::string h = a.one("--n-head"); !h.empty()) po.n_head = std::stol(h);
+  auto model = kiln::models::load_gpt2_safetensors<float>(model_path, po);
+  model->eval();
+  std::ifstream in(text_path, std::ios::binary);
+  if (!in) throw std::runtime_error(text_path + ": cannot open");
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  const std::string tokenizer_path = a.one("--tokenizer", std::filesystem::path(model_path).parent_path().string());
+  const std::vector<std::int64_t> ids = tokenize(tokenizer_path.empty() ? "." : tokenizer_path, buffer.str());
+  const long block = static_cast<long>(model->config().block_size);
+  const long max_length = std::stol(a.one("--max-length", std::to_string(block)));
+  if (max_length > block)
+    throw UsageError("--max-length " + std::to_string(max_length) + " exceeds the model's context of " + std::to_string(block));
+  const long stride = std::stol(a.one("--stride", std::to_string(std::max(1L, max_length / 2))));
+  const auto r = kiln::metrics::perplexity(
+      [&](const Tensor<std::int64_t>& window) {
+        kiln::NoGrad no_grad;
+        return model->forward(window);
+      },
+      ids, max_length, stride);
+  if (a.flag("--json"))
+    std::printf("{\"metric\": \"perplexity\", \"perplexity\": %s, \"mean_nll\": %s, \"tokens\": %ld, \"max_length\": %ld, "
+                "\"stride\": %ld}\n",
+                json_number(r.perplexity).c_str(), json_number(r.mean_nll).c_str(), static_cast<long>(r.token_count), max_length,
+                stride);
+  else
+    std::printf("perplexity %.4f (mean NLL %.4f nats over %ld tokens; window %ld, stride %ld)\n", r.perplexity, r.mean_nll,
+                static_cast<long>(r.token_count), max_length, stride);
+  return 0;
+}
+
 void usage(std::FILE* to) {
   std::fprintf(to,
-               "kiln-eval (kiln %s) — FID, Inception Score, BLEU and ROUGE from files\n\n"
+               "kiln-eval (kiln %s) — FID, Inception Score, BLEU, ROUGE and perplexity from files\n\n"
                "  kiln-eval fid   --real A --fake B [--features fashion|inception] [--weights FILE] [--json]\n"
                "  kiln-eval is    --images A [--splits N] [--features fashion|inception] [--weights FILE] [--json]\n"
                "  kiln-eval bleu  --hyp H --ref R [--ref R2 ...] [--tokenize 13a|none]\n"
                "                  [--smooth exp|floor|add-k|none] [--lowercase] [--json]\n"
-               "  kiln-eval rouge --hyp H --ref R [--ref R2 ...] [--stem] [--sentence-sep TEXT] [--json]\n\n"
+               "  kiln-eval rouge --hyp H --ref R [--ref R2 ...] [--stem] [--sentence-sep TEXT] [--json]\n"
+               "  kiln-eval ppl   --model M --text F [--tokenizer PATH] [--max-length N] [--stride S]\n"
+               "                  [--n-head H] [--json]\n\n"
                "Images: IDX files (uint8 [N, H, W], .gz or not) or folders of PNGs of one size, through kiln's\n"
                "Fashion-MNIST feature network (28x28; --weights: another weights file) or pytorch-fid's\n"
                "InceptionV3 (--features inception --weights FILE: its weights as safetensors). Text: one segment per\n"
                "line; BLEU as sacreBLEU's defaults, ROUGE (rouge1, rouge2, rougeL, rougeLsum; mean over\n"
-               "segments, best reference per segment) as Google's rouge-score.\n",
+               "segments, best reference per segment) as Google's rouge-score. ppl: a GPT-2-layout\n"
+               "safetensors model (config.json beside it) and its tokenizer (tokenizer.json, or vocab.json +\n"
+               "merges.txt); sliding-window perplexity (default window: the model's context, stride half of it).\n",
                kiln::version());
 }
 
@@ -333,7 +406,10 @@ int main(int argc, char** argv) {
     if (command == "bleu")
       return bleu(parse(argc, argv, 2, {"--hyp", "--ref", "--tokenize", "--smooth"}, {"--lowercase", "--json"}));
     if (command == "rouge") return rouge(parse(argc, argv, 2, {"--hyp", "--ref", "--sentence-sep"}, {"--stem", "--json"}));
-    throw UsageError("unknown command " + command + " (fid, is, bleu or rouge)");
+    if (command == "ppl")
+      return perplexity(
+          parse(argc, argv, 2, {"--model", "--text", "--tokenizer", "--max-length", "--stride", "--n-head"}, {"--json"}));
+    throw UsageError("unknown command " + command + " (fid, is, bleu, rouge or ppl)");
   } catch (const UsageError& e) {
     std::fprintf(stderr, "kiln-eval: %s (see kiln-eval --help)\n", e.what());
     return 2;

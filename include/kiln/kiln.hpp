@@ -4,7 +4,7 @@
 // fortunes corpus, token datasets), files (gzip, IDX, safetensors, checkpoints, PNG images and plots,
 // TensorBoard event files), metrics (AUROC, FID, InceptionV3, Inception Score, BLEU, ROUGE, perplexity, the Fashion-MNIST feature
 // network, a metrics logger), and the generative model templates of kiln/models (GAN, VAE, flow,
-// diffusion).
+// diffusion, GPT).
 // Builds on the headers of include/kiln and backends/cpu.
 #pragma once
 
@@ -75,6 +75,7 @@
 #include <kiln/models/diffusion.hpp>
 #include <kiln/models/flow.hpp>
 #include <kiln/models/gan.hpp>
+#include <kiln/models/gpt.hpp>
 #include <kiln/models/vae.hpp>
 
 #include <kiln/backend/cpu/backend.hpp>

@@ -3,7 +3,9 @@
 # "the cat sat on the mat" against "the cat is on the mat" (precisions 5/6, 3/5, 1/4 and, with
 # sacreBLEU's exp smoothing, 100/(2*3) for the empty 4-grams: BLEU = (83.33*60*25*16.67)^(1/4) =
 # 37.99), ROUGE-1 of the same pair (P = R = F1 = 5/6), FID of a set of images with itself (0), and the
-# errors for mismatched line counts, an empty hypothesis file, a missing file and images of two sizes.
+# errors for mismatched line counts, an empty hypothesis file, a missing file and images of two sizes;
+# the perplexity of a GPT-2 whose weights are all zero (every logit 0: uniform over the 5-character
+# vocabulary, so perplexity 5 exactly, whatever the window and stride).
 #   kiln_eval.sh KILN_EVAL FASHION_MNIST_TEST_IMAGES
 set -uo pipefail
 eval_bin="$1"
@@ -67,5 +69,34 @@ rows = b''.join(b'\x00' + bytes(27) for _ in range(28))
 open(sys.argv[1] + '/c.png', 'wb').write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 27, 28, 8, 0, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b''))
 PY
   expect "fashion needs 28x28" 'images are 27x28; the Fashion-MNIST feature network takes 28x28' "$eval_bin" is --images "$work/png"
+fi
+if command -v python3 >/dev/null 2>&1; then
+  mkdir -p "$work/gpt"
+  python3 - "$work/gpt" <<'PY'
+import json, struct, sys
+E, V, P, L = 8, 5, 16, 1
+shapes = {"wte.weight": [V, E], "wpe.weight": [P, E], "ln_f.weight": [E], "ln_f.bias": [E]}
+for i in range(L):
+    h = f"h.{i}."
+    shapes.update({h + "ln_1.weight": [E], h + "ln_1.bias": [E], h + "attn.c_attn.weight": [E, 3 * E],
+                   h + "attn.c_attn.bias": [3 * E], h + "attn.c_proj.weight": [E, E], h + "attn.c_proj.bias": [E],
+                   h + "ln_2.weight": [E], h + "ln_2.bias": [E], h + "mlp.c_fc.weight": [E, 4 * E],
+                   h + "mlp.c_fc.bias": [4 * E], h + "mlp.c_proj.weight": [4 * E, E], h + "mlp.c_proj.bias": [E]})
+header, offset = {}, 0
+for name, shape in shapes.items():
+    n = 4
+    for d in shape: n *= d
+    header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}
+    offset += n
+text = json.dumps(header).encode()
+text += b" " * (-len(text) % 8)
+open(sys.argv[1] + "/model.safetensors", "wb").write(struct.pack("<Q", len(text)) + text + bytes(offset))
+json.dump({"n_head": 2, "n_layer": L, "n_embd": E, "vocab_size": V, "n_positions": P}, open(sys.argv[1] + "/config.json", "w"))
+json.dump({"type": "char", "vocabulary": list("abcde")}, open(sys.argv[1] + "/tokenizer.json", "w"))
+open(sys.argv[1] + "/text.txt", "w").write("abcdeedcbaabcde" * 3)
+PY
+  expect "ppl of a uniform model" '^perplexity 5\.0000 \(mean NLL 1\.6094 nats over 44 tokens; window 16, stride 8\)' \
+    "$eval_bin" ppl --model "$work/gpt/model.safetensors" --text "$work/gpt/text.txt"
+  expect "ppl unknown character" "character" "$eval_bin" ppl --model "$work/gpt/model.safetensors" --text "$work/hyp.txt"
 fi
 [ "$failures" -eq 0 ] || { echo "$failures check(s) failed"; exit 1; }
