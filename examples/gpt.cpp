@@ -313,7 +313,8 @@ int train_chargpt(const Options& o, const std::string& config) {
   std::printf("%s", final_samples.str().c_str());
   samples << final_samples.str();
   const double tps = generation_tokens_per_second(*model);
-  std::printf("generation with the KV cache: %.1f tokens/s (batch 1, 127 new tokens)\n", tps);
+  std::printf("generation with the KV cache: %.1f tokens/s (batch 1, %ld new tokens)\n", tps,
+              static_cast<long>(std::min<index_t>(127, o.block - 1)));
 
   example::save_curves(o.out + "/loss.png", "char GPT cross-entropy (nats/char)", {train_curve, train_est_curve, val_curve});
   write_model(*model, o.out);
