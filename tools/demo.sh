@@ -8,6 +8,7 @@
 #   gan/        the W4 DCGAN: sample grids and the D/G loss curves
 #   flow/       the W5 RealNVP: samples at several temperatures, test bits/dim
 #   diffusion/  the W6 DDPM: DDIM sample grid and the loss curve
+#   gpt/        the W7 character GPT on Debian's fortunes: validation loss, generated text
 #   summary.md  the figures of every run and the pictures to open
 # The image families also report FID and Inception Score of their samples through kiln's
 # Fashion-MNIST feature network (weights/fashion-features.safetensors).
@@ -17,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(g++ cmake ninja-build doctest-dev dataset-fashion-mnist)
+PACKAGES=(g++ cmake ninja-build doctest-dev dataset-fashion-mnist fortunes)
 
 source "tools/install-missing.sh"
 
@@ -33,7 +34,7 @@ if [ -z "$data_dir" ]; then
   data_dir="$(dirname "$train_images")"
 fi
 scale="${KILN_DEMO_SCALE:-1}"
-families=(mlp vae gan flow diffusion)
+families=(mlp vae gan flow diffusion gpt)
 
 echo "==> configuring (build/release)"
 cmake --preset release -DKILN_BUILD_TESTS=OFF -DKILN_BUILD_BENCHMARKS=OFF -DKILN_WERROR=OFF -DKILN_EXTRA_PROGRAM_FLAGS= \
@@ -58,6 +59,7 @@ run vae-anomaly vae --epochs $((2 * scale)) --holdout-class 8 --iw-k 0 --fid-sam
 run gan gan --steps $((1500 * scale)) --out "$out/gan"
 run flow flow --steps $((1500 * scale)) --fid-samples 5000 --out "$out/flow"
 run diffusion diffusion --steps $((300 * scale)) --ddpm-every 0 --fid-samples 250 --out "$out/diffusion"
+run gpt gpt --steps $((200 * scale)) --out "$out/gpt"
 
 # summary.md: every run's figures (its summary.txt) and pictures.
 {
@@ -65,7 +67,7 @@ run diffusion diffusion --steps $((300 * scale)) --ddpm-every 0 --fid-samples 25
   echo
   echo "Fashion-MNIST from \`$data_dir\`; kiln $(build/release/examples/mlp --version | sed 's/.*kiln //; s/)//'),"
   echo "$(nproc) cores, budget scale $scale. Every folder also holds log.csv, config.txt and checkpoints."
-  for run_dir in mlp vae vae-anomaly gan flow diffusion; do
+  for run_dir in mlp vae vae-anomaly gan flow diffusion gpt; do
     [ -d "$out/$run_dir" ] || continue
     echo
     echo "## $run_dir ($(awk -v n="$run_dir" '$1 == n {print $2}' "$out/.seconds") s)"
@@ -76,6 +78,12 @@ run diffusion diffusion --steps $((300 * scale)) --ddpm-every 0 --fid-samples 25
       echo "    last log row: $(head -n 1 "$out/$run_dir/log.csv") = $(tail -n 1 "$out/$run_dir/log.csv")"
     fi
     echo
+    if [ -f "$out/$run_dir/samples.txt" ]; then
+      echo "Generated text (\`$run_dir/samples.txt\`):"
+      echo
+      head -c 600 "$out/$run_dir/samples.txt" | sed 's/^/    /'
+      echo
+    fi
     for png in "$out/$run_dir"/*.png; do
       [ -f "$png" ] && echo "- ![${png##*/}](${png#"$out"/})"
     done
