@@ -14,7 +14,7 @@
 #include <kiln/nn/module.hpp>
 #include <kiln/ops/pool.hpp>
 
-#include "support/torch_reference.hpp"
+#include "../support/torch_reference.hpp"
 
 #include <algorithm>
 #include <cmath>
