@@ -343,7 +343,7 @@ TEST_CASE("corpus BLEU equals NLTK's corpus_bleu; 13a equals sacreBLEU's regular
   mismatches = 0;
   for (std::size_t i = 0; i < code_points.size(); ++i) {
     std::string encoded;
-    kiln::metrics::detail::text::append_utf8(encoded, code_points[i]);
+    kiln::data::append_utf8(encoded, static_cast<char32_t>(code_points[i]));
     if (kiln::metrics::lowercase_utf8(encoded) != lower.at(i).as_string() && ++mismatches <= 10)
       FAIL_CHECK("lowercase_utf8 of code point " << code_points[i] << " differs from Python's str.lower");
   }

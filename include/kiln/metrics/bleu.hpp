@@ -1,10 +1,11 @@
 // kiln/metrics/bleu.hpp — corpus and sentence BLEU exactly as sacreBLEU 2.x computes them: the "13a"
 // (mteval-v13a) tokenizer, n-gram counts clipped by the most frequent use in any reference, the
 // closest reference length for the brevity penalty, and the none / floor / add-k / exp smoothings.
-// Builds on core/error.hpp and the standard library (<string>, <vector>, <unordered_map>, <cmath>).
+// Builds on core/error.hpp, data/unicode.hpp (UTF-8 encoding) and the standard library.
 #pragma once
 
 #include <kiln/core/error.hpp>
+#include <kiln/data/unicode.hpp>  // append_utf8
 
 #include <algorithm>
 #include <cmath>
@@ -44,24 +45,6 @@ inline Utf8Char decode_utf8(std::string_view s, std::size_t i) {
   }
   if (cp < min_cp || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return {0xFFFFFFFFu, 1};
   return {cp, length};
-}
-
-inline void append_utf8(std::string& out, std::uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
 }
 
 // Python's str.isspace(), which str.split() and str.strip() use: the 29 code points below.
@@ -119,7 +102,7 @@ inline void append_lowercase(std::string& out, std::uint32_t cp) {
   } else if (cp == 0x212B) {  // ANGSTROM SIGN -> å
     lower = 0xE5;
   }
-  append_utf8(out, lower);
+  data::append_utf8(out, static_cast<char32_t>(lower));
 }
 
 // Appends s with every occurrence of `from` (found left to right, not overlapping) replaced by
