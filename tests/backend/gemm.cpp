@@ -227,6 +227,42 @@ TEST_CASE("gemm float: larger shapes with 2 threads") {
   });
 }
 
+TEST_CASE("gemm with at most four rows and a transposed B: dot products, threaded by column") {
+  // The shapes of generation with a KV cache: a few rows of activations against weights stored
+  // out × in. Sizes cross the 8-, 4- and 2-column blocks, the SIMD width's tail of K, strided and
+  // transposed A, and the column split between threads.
+  const auto sweep = [](auto zero) {
+    using T = decltype(zero);
+    std::uint64_t seed = 500;
+    for (int ta = 0; ta < 2; ++ta)
+      for (index_t m = 1; m <= 4; ++m)
+        for (index_t n : {index_t(1), index_t(3), index_t(9), index_t(17), index_t(2000)})
+          for (index_t k : {index_t(5), index_t(16), index_t(31), index_t(257)}) {
+            Case c{ta == 1, true, m, n, k, index_t(ta), 3, 2};
+            if (seed % 3 == 0) {
+              c.alpha = -0.5;
+              c.beta = 1.5;
+            }
+            check_case<T>(c, seed++);
+            Case exact = c;
+            exact.integers = true;
+            check_case<T>(exact, seed++);
+          }
+    Case nan{false, true, 3, 700, 100};
+    nan.nan_c = true;
+    nan.pad_c = 1;
+    check_case<T>(nan, seed++);
+  };
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    const int before = cpu::num_threads();
+    cpu::set_num_threads(threads);
+    sweep(0.0f);
+    sweep(0.0);
+    cpu::set_num_threads(before);
+  }
+}
+
 TEST_CASE("gemm_batched_strided matches per-item gemm, with broadcast") {
   for (int threads : {1, 2}) {
     CAPTURE(threads);

@@ -2,6 +2,7 @@
 // Builds on packed panels, cache blocks, gemm_x86/gemm_neon micro-kernels and thread_pool.hpp.
 #pragma once
 
+#include <kiln/backend/cpu/simd.hpp>
 #include <kiln/backend/cpu/thread_pool.hpp>
 #include <kiln/core/config.hpp>
 
@@ -309,6 +310,91 @@ void gemm_small(index_t M, index_t N, index_t K, T alpha, const T* a, const T* b
   }
 }
 
+// ------------------------------------------------------------------------------ few rows
+// op(A) with a few rows times a transposed B (B stored N×K, so each column of op(B) is a
+// contiguous row of K values): every C element is a dot product of two contiguous rows. Packing
+// B would copy the whole matrix to use it once; here it streams through once instead. This is
+// the step of autoregressive generation: one token's activations against every weight matrix.
+inline constexpr index_t few_rows_max = 4;
+
+// C block (MB rows × NB columns) = alpha·dot(a_i, b_j) + beta·C, a_i = a + i·K (contiguous),
+// b_j = b + j·ldb. Each accumulator is a SIMD packet; MB·NB of them hide the FMA latency.
+template <class T, int MB, int NB>
+KILN_FORCEINLINE void dot_block(index_t K, const T* a, const T* b, index_t ldb, T alpha, T beta,
+                                T* c, index_t ldc) {
+  using V = simd::Vec<T>;
+  constexpr index_t W = V::size;
+  V acc[MB][NB];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) acc[i][j] = V::zero();
+  index_t k = 0;
+  for (; k + W <= K; k += W) {
+    V bv[NB];
+    for (int j = 0; j < NB; ++j) bv[j] = V::load(b + j * ldb + k);
+    for (int i = 0; i < MB; ++i) {
+      const V av = V::load(a + i * K + k);
+      for (int j = 0; j < NB; ++j) acc[i][j] = fma(av, bv[j], acc[i][j]);
+    }
+  }
+  if (k < K) {
+    const int n = static_cast<int>(K - k);
+    V bv[NB];
+    for (int j = 0; j < NB; ++j) bv[j] = V::load_partial(b + j * ldb + k, n);
+    for (int i = 0; i < MB; ++i) {
+      const V av = V::load_partial(a + i * K + k, n);
+      for (int j = 0; j < NB; ++j) acc[i][j] = fma(av, bv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) {
+      T& out = c[i * ldc + j];
+      const T dot = alpha * hsum(acc[i][j]);
+      out = beta == T(0) ? dot : dot + beta * out;
+    }
+}
+
+// Columns j0..j1 of C for MB rows: NB columns at a time (as many as the registers allow),
+// then one by one.
+template <class T, int MB>
+void dot_rows(index_t K, index_t j0, index_t j1, const T* a, const T* b, index_t ldb, T alpha,
+              T beta, T* c, index_t ldc) {
+  constexpr int NB = MB == 1 ? 8 : MB == 2 ? 4 : 2;
+  index_t j = j0;
+  for (; j + NB <= j1; j += NB) dot_block<T, MB, NB>(K, a, b + j * ldb, ldb, alpha, beta, c + j, ldc);
+  for (; j < j1; ++j) dot_block<T, MB, 1>(K, a, b + j * ldb, ldb, alpha, beta, c + j, ldc);
+}
+
+// C (M ≤ few_rows_max rows) = alpha·op(A)·op(B) + beta·C for a transposed B (op.brs == 1).
+// Columns are shared out among threads when the product is large enough to repay a hand-off.
+template <class T>
+void gemm_few_rows(index_t M, index_t N, index_t K, T alpha, const T* a, const T* b,
+                   const Operands& op, T beta, T* c, index_t ldc, int threads) {
+  // The rows of op(A), contiguous (a copy when A is transposed or strided).
+  const T* rows = a;
+  if (op.acs != 1 || (M > 1 && op.ars != K)) {
+    T* copy = scratch<T, 0>(static_cast<std::size_t>(M * K));
+    for (index_t i = 0; i < M; ++i)
+      for (index_t k = 0; k < K; ++k) copy[i * K + k] = a[i * op.ars + k * op.acs];
+    rows = copy;
+  }
+  const index_t ldb = op.bcs;
+  const auto run = [&](index_t j0, index_t j1) {
+    switch (M) {
+      case 1: dot_rows<T, 1>(K, j0, j1, rows, b, ldb, alpha, beta, c, ldc); break;
+      case 2: dot_rows<T, 2>(K, j0, j1, rows, b, ldb, alpha, beta, c, ldc); break;
+      case 3: dot_rows<T, 3>(K, j0, j1, rows, b, ldb, alpha, beta, c, ldc); break;
+      default: dot_rows<T, 4>(K, j0, j1, rows, b, ldb, alpha, beta, c, ldc); break;
+    }
+  };
+  // About 256 K multiply-adds per piece: below that a thread hand-off costs more than it saves.
+  const index_t grain = std::max<index_t>(8, 262144 / std::max<index_t>(1, M * K));
+  if (threads <= 1 || N < 2 * grain) {
+    run(0, N);
+    return;
+  }
+  parallel_for(0, N, grain, [&](index_t j0, index_t j1) { run(j0, j1); });
+}
+
 // Several threads on one product. For each KC×NC panel of op(B): the threads pack the panel
 // together into one shared buffer (slivers handed out through a counter), then take work
 // items, an MC-row block of C times a group of NR-column slivers, from a second counter. Each
@@ -454,6 +540,10 @@ void gemm_run(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, T alp
   if (static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) <= 4096.0 ||
       (M == 1 && !trans_b)) {
     gemm_small(M, N, K, alpha, A, B, op, beta, C, ldc);
+    return;
+  }
+  if (M <= few_rows_max && op.brs == 1) {
+    gemm_few_rows(M, N, K, alpha, A, B, op, beta, C, ldc, threads);
     return;
   }
   driver<T>().run(M, N, K, alpha, A, B, op, beta, C, ldc, threads);
