@@ -2,20 +2,27 @@
 // noising, the losses and both samplers with "oracle" networks whose optimal predictions are known
 // in closed form — data at a single point x* (every sampler must return x* exactly) and Gaussian
 // data N(μ, s²) (samples must have that mean and variance) — classifier-free guidance, the time
-// embedding by hand, and the W6 UNet's size against PyTorch's parameter count (306,593).
+// embedding by hand, and the W6 UNet against PyTorch (tests/torch/unet_reference.py): parameter
+// count (306,593), prediction, ε loss and every parameter gradient, in float64 and float32.
 #include <doctest/doctest.h>
 
 #include <kiln/autograd/fused.hpp>
 #include <kiln/backend/cpu/backend.hpp>
+#include <kiln/io/safetensors.hpp>
 #include <kiln/models/diffusion.hpp>
 #include <kiln/optim/adam.hpp>
 
+#include "../support/torch_reference.hpp"
+
 #include <cmath>
 #include <algorithm>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <numbers>
 #include <vector>
+
+#include <unistd.h>
 
 namespace {
 
@@ -259,6 +266,90 @@ TEST_CASE("the W6 UNet: PyTorch's parameter count, shapes, gradients, labels") {
   CHECK(cond.forward(x, t, kiln::from_vector<index_t>({2, 10}, {2})).shape() == kiln::Shape{2, 1, 28, 28});
   CHECK_THROWS_AS(cond.forward(x, t), kiln::ValueError);
   CHECK_THROWS_AS(unet.forward(x, t, kiln::from_vector<index_t>({2, 10}, {2})), kiln::ValueError);
+}
+
+// PyTorch's files of tests/torch/unet_reference.py, written once per process into a temporary
+// directory removed at exit.
+const std::filesystem::path& unet_reference() {
+  struct Dir {
+    std::filesystem::path path = std::filesystem::temp_directory_path() / ("kiln_unet_reference_" + std::to_string(::getpid()));
+    Dir() {
+      std::filesystem::remove_all(path);
+      std::filesystem::create_directories(path);
+    }
+    ~Dir() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  };
+  static const Dir dir = [] {
+    Dir d;
+    REQUIRE(kiln::test::run_torch_script("unet_reference.py", kiln::test::shell_quote(d.path.string())) == 0);
+    return d;
+  }();
+  return dir.path;
+}
+
+// max |a − b| / max |b| over all elements.
+template <class T>
+double relative_difference(const kiln::Tensor<T>& a, const kiln::Tensor<double>& b) {
+  REQUIRE(a.shape() == b.shape());
+  const auto av = a.contiguous().to_vector();
+  const auto bv = b.contiguous().to_vector();
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < bv.size(); ++i) {
+    diff = std::max(diff, std::fabs(static_cast<double>(av[i]) - bv[i]));
+    scale = std::max(scale, std::fabs(bv[i]));
+  }
+  return diff / std::max(scale, 1e-300);
+}
+
+TEST_CASE_TEMPLATE("the W6 UNet's prediction, ε loss and every gradient equal PyTorch's", T, double, float) {
+  constexpr bool is_double = std::is_same_v<T, double>;
+  const std::filesystem::path dir = unet_reference() / (is_double ? "float64" : "float32");
+  kiln::Rng rng(1);
+  auto unet = std::make_shared<kiln::models::UNet<T>>(rng);
+  {
+    const kiln::io::SafeTensorsFile weights((dir / "weights.safetensors").string());
+    kiln::nn::StateDict<T> dict;
+    for (const auto& n : weights.names()) dict.insert(n, weights.get<T>(n));
+    unet->load_state_dict(dict);  // strict: every name on both sides
+  }
+  kiln::models::Diffusion<kiln::models::UNet<T>, T> model(unet, NoiseSchedule::linear(1000));
+  const kiln::io::SafeTensorsFile ref((dir / "reference.safetensors").string());
+  const kiln::Tensor<T> x0 = ref.get<T>("x0"), eps = ref.get<T>("eps");
+  std::vector<index_t> steps;
+  for (const double v : ref.get<double>("t").to_vector()) steps.push_back(static_cast<index_t>(v));
+  const I t = kiln::from_vector<index_t>(steps, {static_cast<index_t>(steps.size())});
+
+  // Bounds: float64 agrees to rounding; float32 to its accumulated rounding (PyTorch and kiln
+  // sum in different orders).
+  const double close = is_double ? 1e-10 : 2e-5, grad_close = is_double ? 1e-9 : 5e-5;
+  CHECK(relative_difference(model.q_sample(x0, t, eps), ref.get<double>("xt")) < close);
+  {
+    kiln::NoGrad guard;
+    CHECK(relative_difference(unet->forward(ref.get<T>("xt"), t), ref.get<double>("pred")) < close);
+  }
+  const kiln::Tensor<T> loss = model.loss_at(x0, t, eps);
+  const double loss_ref = ref.get<double>("loss").to_vector()[0];
+  CHECK(std::fabs(static_cast<double>(loss.item()) - loss_ref) < close * loss_ref);
+  loss.backward();
+  std::size_t checked = 0;
+  double worst = 0;
+  std::string worst_name;
+  for (const auto& entry : unet->named_parameters()) {
+    const std::string& name = entry.first;
+    const kiln::Tensor<T>& p = entry.second;
+    CAPTURE(name);
+    REQUIRE(p.grad().defined());
+    const double d = relative_difference(p.grad(), ref.get<double>("grad." + name));
+    if (d > worst) worst = d, worst_name = name;
+    CHECK(d < grad_close);
+    ++checked;
+  }
+  MESSAGE((is_double ? "float64" : "float32") << ": loss " << loss.item() << " vs " << loss_ref << "; worst gradient "
+                                               << worst_name << " relative difference " << worst);
+  CHECK(checked == 56);
 }
 
 TEST_CASE("timesteps outside the schedule are named") {

@@ -2,22 +2,32 @@
 // 1e-10 in double, and their logdet is compared with log|det J| of the Jacobian computed by central
 // finite differences (determinant by this file's own Gaussian elimination); ActNorm's data-dependent
 // initialization, the log|det W| gradient against finite differences, the logit transform's closed
-// form, the standard normal density of an identity flow, temperature-0 sampling and the errors.
+// form, the standard normal density of an identity flow, temperature-0 sampling and the errors;
+// W5's RealNVP against PyTorch (tests/torch/realnvp_reference.py): log-densities, gradients, and
+// ten Adam steps in lockstep.
 #include <doctest/doctest.h>
 
 #include <kiln/autograd/gradcheck.hpp>
 #include <kiln/backend/cpu/backend.hpp>
+#include <kiln/io/safetensors.hpp>
 #include <kiln/models/flow.hpp>
 #include <kiln/nn/activation.hpp>
 #include <kiln/nn/conv.hpp>
 #include <kiln/nn/linear.hpp>
 #include <kiln/nn/sequential.hpp>
+#include <kiln/optim/adam.hpp>
+
+#include "../support/torch_reference.hpp"
 
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <numbers>
+#include <string>
 #include <vector>
+
+#include <unistd.h>
 
 namespace {
 
@@ -443,4 +453,122 @@ TEST_CASE("errors name the problem: mask shapes, non-binary masks, network outpu
   CHECK_THROWS_AS(flow.add(std::make_shared<kiln::models::ActNorm<double>>(2)), kiln::ShapeError);
   CHECK_THROWS_AS(flow.forward(random_batch({2, 3, 4, 2}, 1)), kiln::ShapeError);
   CHECK_THROWS_AS(flow.inverse(random_batch({2, 47}, 1)), kiln::ShapeError);
+}
+
+namespace {
+
+// PyTorch's files of tests/torch/realnvp_reference.py, written once per process into a temporary
+// directory removed at exit.
+const std::filesystem::path& realnvp_reference() {
+  struct Dir {
+    std::filesystem::path path = std::filesystem::temp_directory_path() / ("kiln_realnvp_reference_" + std::to_string(::getpid()));
+    Dir() {
+      std::filesystem::remove_all(path);
+      std::filesystem::create_directories(path);
+    }
+    ~Dir() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  };
+  static const Dir dir = [] {
+    Dir d;
+    REQUIRE(kiln::test::run_torch_script("realnvp_reference.py", kiln::test::shell_quote(d.path.string())) == 0);
+    return d;
+  }();
+  return dir.path;
+}
+
+// W5's flow with the reference's sizes (4 couplings, hidden width 64), PyTorch's weights loaded.
+template <class T>
+std::shared_ptr<kiln::models::Flow<T>> reference_realnvp() {
+  using SNet = kiln::nn::BasicSequential<T>;
+  kiln::Rng rng(5);
+  const auto net = [&] {
+    return std::make_shared<SNet>(std::make_shared<kiln::nn::BasicLinear<T>>(784, 64, rng), std::make_shared<kiln::nn::BasicReLU<T>>(),
+                                  std::make_shared<kiln::nn::BasicLinear<T>>(64, 64, rng), std::make_shared<kiln::nn::BasicReLU<T>>(),
+                                  std::make_shared<kiln::nn::BasicLinear<T>>(64, 784, rng));
+  };
+  auto flow = std::make_shared<kiln::models::Flow<T>>(Shape{784}, std::make_shared<kiln::models::LogitTransform<T>>(0.05));
+  for (int k = 0; k < 4; ++k)
+    flow->add(std::make_shared<kiln::models::AffineCoupling<T>>(kiln::models::parity_mask<T>(784, k % 2), net(), net(),
+                                                                 kiln::models::AffineCouplingOptions{.tanh = true}));
+  const kiln::io::SafeTensorsFile weights((realnvp_reference() / "weights.safetensors").string());
+  kiln::nn::StateDict<T> dict;
+  for (const auto& n : weights.names()) dict.insert(n, weights.get<T>(n));
+  flow->load_state_dict(dict);  // strict: PyTorch's names, masks included
+  return flow;
+}
+
+// max |a − b| / max |b|.
+template <class T>
+double relative_to_reference(const kiln::Tensor<T>& a, const kiln::Tensor<double>& b) {
+  REQUIRE(a.shape() == b.shape());
+  const auto av = a.contiguous().to_vector();
+  const auto bv = b.contiguous().to_vector();
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < bv.size(); ++i) {
+    diff = std::max(diff, std::fabs(static_cast<double>(av[i]) - bv[i]));
+    scale = std::max(scale, std::fabs(bv[i]));
+  }
+  return diff / std::max(scale, 1e-300);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("W5's RealNVP: log p(x) and every gradient equal PyTorch's", T, double, float) {
+  constexpr bool is_double = std::is_same_v<T, double>;
+  const std::string dtype = is_double ? "float64" : "float32";
+  auto flow = reference_realnvp<T>();
+  const kiln::io::SafeTensorsFile ref((realnvp_reference() / "reference.safetensors").string());
+  const kiln::Tensor<T> logp = flow->log_prob(ref.get<T>("x"));
+  const kiln::Tensor<T> loss = kiln::mean(-logp);
+  loss.backward();
+  const double close = is_double ? 1e-12 : 1e-5, grad_close = is_double ? 1e-10 : 1e-4;
+  CHECK(relative_to_reference(logp.detach(), ref.get<double>("logp." + dtype)) < close);
+  CHECK(std::fabs(static_cast<double>(loss.item()) - ref.get<double>("loss." + dtype).to_vector()[0]) <
+        close * std::fabs(ref.get<double>("loss." + dtype).to_vector()[0]));
+  std::size_t checked = 0;
+  double worst = 0;
+  for (const auto& entry : flow->named_parameters()) {
+    const std::string& name = entry.first;
+    const kiln::Tensor<T>& p = entry.second;
+    CAPTURE(name);
+    const double d = relative_to_reference(p.grad(), ref.get<double>("grad." + dtype + "." + name));
+    worst = std::max(worst, d);
+    CHECK(d < grad_close);
+    ++checked;
+  }
+  CHECK(checked == 4 * 2 * 6);
+  MESSAGE(dtype << ": loss " << loss.item() << ", worst gradient relative difference " << worst);
+}
+
+TEST_CASE("W5's RealNVP: ten Adam steps in lockstep with PyTorch (same weights and batches)") {
+  auto flow = reference_realnvp<float>();
+  const kiln::io::SafeTensorsFile ref((realnvp_reference() / "reference.safetensors").string());
+  kiln::optim::AdamOptions options;
+  options.lr = 1e-3;
+  kiln::optim::Adam opt(flow->parameters(), options);
+  const std::vector<double> losses = ref.get<double>("train.loss").to_vector();
+  REQUIRE(losses.size() == 10);
+  for (std::size_t s = 0; s < losses.size(); ++s) {
+    opt.zero_grad();
+    const kiln::Tensor<float> loss = kiln::mean(-flow->log_prob(ref.get<float>("train.x." + std::to_string(s))));
+    loss.backward();
+    opt.step();
+    CAPTURE(s);
+    CHECK(std::fabs(static_cast<double>(loss.item()) - losses[s]) < 1e-5 * std::fabs(losses[s]));
+  }
+  // The parameters after ten steps: the same up to float32 rounding, far below the distance the
+  // steps moved them (Adam moves each weight by up to 10 · lr = 1e-2).
+  for (const auto& entry : flow->named_parameters()) {
+    const std::string& name = entry.first;
+    const kiln::Tensor<float>& p = entry.second;
+    CAPTURE(name);
+    const auto got = p.contiguous().to_vector();
+    const auto want = ref.get<double>("final." + name).to_vector();
+    double diff = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) diff = std::max(diff, std::fabs(static_cast<double>(got[i]) - want[i]));
+    CHECK(diff < 1e-5);
+  }
 }
