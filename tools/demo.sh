@@ -49,17 +49,17 @@ run() {
   echo
   echo "==> build/release/examples/$*"
   local start=$SECONDS
-  "build/release/examples/$1" --data "$data_dir" "${@:2}"
+  "build/release/examples/$1" "${@:2}"
   echo "$name $((SECONDS - start))" >>"$out/.seconds"
 }
 rm -f "$out/.seconds"
-run mlp mlp --epochs $((2 * scale)) --out "$out/mlp"
-run vae vae --epochs $((5 * scale)) --out "$out/vae"
-run vae-anomaly vae --epochs $((2 * scale)) --holdout-class 8 --iw-k 0 --fid-samples 0 --out "$out/vae-anomaly"
-run gan gan --steps $((1500 * scale)) --out "$out/gan"
-run flow flow --steps $((1500 * scale)) --fid-samples 5000 --out "$out/flow"
-run diffusion diffusion --steps $((300 * scale)) --ddpm-every 0 --fid-samples 250 --out "$out/diffusion"
-run gpt gpt --steps $((200 * scale)) --out "$out/gpt"
+run mlp mlp --data "$data_dir" --epochs $((2 * scale)) --out "$out/mlp"
+run vae vae --data "$data_dir" --epochs $((5 * scale)) --out "$out/vae"
+run vae-anomaly vae --data "$data_dir" --epochs $((2 * scale)) --holdout-class 8 --iw-k 0 --fid-samples 0 --out "$out/vae-anomaly"
+run gan gan --data "$data_dir" --steps $((1500 * scale)) --out "$out/gan"
+run flow flow --data "$data_dir" --steps $((1500 * scale)) --fid-samples 5000 --out "$out/flow"
+run diffusion diffusion --data "$data_dir" --steps $((300 * scale)) --ddpm-every 0 --fid-samples 250 --out "$out/diffusion"
+run gpt gpt --steps $((200 * scale)) --out "$out/gpt"  # the fortunes corpus from Debian's fortunes package
 
 # summary.md: every run's figures (its summary.txt) and pictures.
 {
