@@ -7,6 +7,7 @@
 // 2018). Writes sample grids from a fixed latent batch, loss curves, a CSV log, the configuration,
 // a summary, checkpoints (resumable; Ctrl-C saves one before exiting) and the final weights.
 #include "common.hpp"
+#include "dcgan.hpp"
 
 #include <kiln/data/fashion_mnist.hpp>
 #include <kiln/data/loader.hpp>
@@ -34,44 +35,7 @@ namespace nn = kiln::nn;
 
 constexpr index_t feature_size = 128 * 7 * 7;
 
-// W4's generator; with `classes` > 0, z is concatenated with a learned embedding of the label
-// (`classes` numbers) before the first Linear. Children "fc" and "net" as in the PyTorch reference.
-class Generator : public nn::Module {
- public:
-  Generator(index_t latent, index_t classes, kiln::Rng& rng) {
-    if (classes > 0)
-      embedding_ = register_module("label_embedding",
-                                   std::make_shared<nn::Embedding>(classes, classes, rng));
-    fc_ = register_module(
-        "fc", std::make_shared<nn::Sequential>(
-                  std::make_shared<nn::Linear>(latent + classes, feature_size, rng),
-                  std::make_shared<nn::BatchNorm1d>(feature_size), std::make_shared<nn::ReLU>()));
-    net_ = register_module(
-        "net", std::make_shared<nn::Sequential>(
-                   std::make_shared<nn::ConvTranspose2d>(
-                       128, 64, 4, nn::ConvTranspose2dOptions{.stride = 2, .padding = 1}, rng),
-                   std::make_shared<nn::BatchNorm2d>(64), std::make_shared<nn::ReLU>(),
-                   std::make_shared<nn::ConvTranspose2d>(
-                       64, 1, 4, nn::ConvTranspose2dOptions{.stride = 2, .padding = 1}, rng),
-                   std::make_shared<nn::Tanh>()));
-  }
-  Tensor<float> forward(const Tensor<float>& z) {
-    if (embedding_) throw kiln::ValueError("gan: the conditional generator needs labels");
-    return body(z);
-  }
-  Tensor<float> forward(const Tensor<float>& z, const Labels& labels) {
-    if (!embedding_) throw kiln::ValueError("gan: the unconditional generator takes no labels");
-    return body(kiln::concat(std::vector<Tensor<float>>{z, embedding_->forward(labels)}, 1));
-  }
-
- private:
-  Tensor<float> body(const Tensor<float>& in) {
-    return net_->forward(fc_->forward(in).reshape({in.size(0), 128, 7, 7}));
-  }
-
-  std::shared_ptr<nn::Embedding> embedding_;
-  std::shared_ptr<nn::Sequential> fc_, net_;
-};
+using Generator = example::DcganGenerator;
 
 // W4's discriminator, children "0".."6" as the PyTorch reference's Sequential. With `layer_norm`
 // the BatchNorm2d becomes GroupNorm(1, 128) (a per-example layer norm), so that the gradient

@@ -19,6 +19,7 @@
 // batch), loss.png, accuracy.png, log.csv (the GAN), baseline_log.csv, config.txt and resumable
 // checkpoints (Ctrl-C saves one before exiting).
 #include "common.hpp"
+#include "dcgan.hpp"
 
 #include <kiln/autograd/fused.hpp>
 #include <kiln/backend/cpu/backend.hpp>
@@ -59,30 +60,8 @@ namespace nn = kiln::nn;
 constexpr index_t classes = 10;
 constexpr index_t feature_size = 128 * 7 * 7;
 
-// W4's generator (examples/gan.cpp, unconditional): children "fc" and "net".
-class Generator : public nn::Module {
- public:
-  Generator(index_t latent, kiln::Rng& rng) {
-    fc_ = register_module(
-        "fc", std::make_shared<nn::Sequential>(std::make_shared<nn::Linear>(latent, feature_size, rng),
-                                               std::make_shared<nn::BatchNorm1d>(feature_size),
-                                               std::make_shared<nn::ReLU>()));
-    net_ = register_module(
-        "net", std::make_shared<nn::Sequential>(
-                   std::make_shared<nn::ConvTranspose2d>(
-                       128, 64, 4, nn::ConvTranspose2dOptions{.stride = 2, .padding = 1}, rng),
-                   std::make_shared<nn::BatchNorm2d>(64), std::make_shared<nn::ReLU>(),
-                   std::make_shared<nn::ConvTranspose2d>(
-                       64, 1, 4, nn::ConvTranspose2dOptions{.stride = 2, .padding = 1}, rng),
-                   std::make_shared<nn::Tanh>()));
-  }
-  Tensor<float> forward(const Tensor<float>& z) {
-    return net_->forward(fc_->forward(z).reshape({z.size(0), 128, 7, 7}));
-  }
-
- private:
-  std::shared_ptr<nn::Sequential> fc_, net_;
-};
+// W4's generator (examples/dcgan.hpp), unconditional.
+using Generator = example::DcganGenerator;
 
 // The discriminator / classifier: W4's discriminator without its BatchNorm, with K = 10 logits
 // and dropout before the head. features() is the 6272-wide layer feature matching compares.
@@ -346,7 +325,7 @@ int run(const Options& o, const std::string& config) {
   auto baseline = std::make_shared<Classifier>(o.dropout, o.input_noise, init);
   kiln::Rng init_gan(o.seed);
   auto d = std::make_shared<Classifier>(o.dropout, o.input_noise, init_gan);
-  auto g = std::make_shared<Generator>(o.latent, init_gan);
+  auto g = std::make_shared<Generator>(o.latent, 0, init_gan);
   kiln::models::SemiSupervisedGANOptions so;
   so.generator_loss = o.g_loss == "fm" ? kiln::models::SemiSupervisedGeneratorLoss::feature_matching
                                        : kiln::models::SemiSupervisedGeneratorLoss::non_saturating;
