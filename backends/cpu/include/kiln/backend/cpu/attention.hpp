@@ -95,7 +95,12 @@ void attention_forward(const T* q, const T* k, const T* v, index_t B, index_t H,
               static_cast<T>(std::log(static_cast<double>(causal ? std::min(i + 1, Tk) : Tk)));
     return;
   }
-  parallel_for(0, BH * q_blocks, 1, [&](index_t t0, index_t t1) {
+  // A task is one block of queries of one head: about 2·rows·Tk·D multiply-adds. Tasks are
+  // grouped so that each piece handed to a thread holds at least 64 K of them (a single-token
+  // step of generation stays on the calling thread).
+  const index_t task_work = 2 * std::min(block_q, Tq) * std::max<index_t>(Tk, 1) * D;
+  const index_t grain = std::max<index_t>(1, 65536 / task_work);
+  parallel_for(0, BH * q_blocks, grain, [&](index_t t0, index_t t1) {
     std::vector<T> scores(static_cast<std::size_t>(block_q * block_k));
     T running_max[block_q], running_sum[block_q], rescale[block_q];
     for (index_t t = t0; t < t1; ++t) {
