@@ -76,6 +76,7 @@
 #include <kiln/models/flow.hpp>
 #include <kiln/models/gan.hpp>
 #include <kiln/models/gpt.hpp>
+#include <kiln/models/semisupervised.hpp>
 #include <kiln/models/vae.hpp>
 
 #include <kiln/backend/cpu/backend.hpp>
