@@ -4,7 +4,7 @@
 // fortunes corpus, token datasets), files (gzip, IDX, safetensors, checkpoints, PNG images and plots,
 // TensorBoard event files), metrics (AUROC, FID, InceptionV3, Inception Score, BLEU, ROUGE, perplexity, the Fashion-MNIST feature
 // network, a metrics logger), and the generative model templates of kiln/models (GAN, VAE, flow,
-// diffusion, GPT).
+// diffusion, GPT, semi-supervised GAN).
 // Builds on the headers of include/kiln and backends/cpu.
 #pragma once
 
