@@ -22,8 +22,6 @@
 #include <numbers>
 #include <vector>
 
-#include <unistd.h>
-
 namespace {
 
 using kiln::index_t;
@@ -268,45 +266,9 @@ TEST_CASE("the W6 UNet: PyTorch's parameter count, shapes, gradients, labels") {
   CHECK_THROWS_AS(unet.forward(x, t, kiln::from_vector<index_t>({2, 10}, {2})), kiln::ValueError);
 }
 
-// PyTorch's files of tests/torch/unet_reference.py, written once per process into a temporary
-// directory removed at exit.
-const std::filesystem::path& unet_reference() {
-  struct Dir {
-    std::filesystem::path path = std::filesystem::temp_directory_path() / ("kiln_unet_reference_" + std::to_string(::getpid()));
-    Dir() {
-      std::filesystem::remove_all(path);
-      std::filesystem::create_directories(path);
-    }
-    ~Dir() {
-      std::error_code ec;
-      std::filesystem::remove_all(path, ec);
-    }
-  };
-  static const Dir dir = [] {
-    Dir d;
-    REQUIRE(kiln::test::run_torch_script("unet_reference.py", kiln::test::shell_quote(d.path.string())) == 0);
-    return d;
-  }();
-  return dir.path;
-}
-
-// max |a − b| / max |b| over all elements.
-template <class T>
-double relative_difference(const kiln::Tensor<T>& a, const kiln::Tensor<double>& b) {
-  REQUIRE(a.shape() == b.shape());
-  const auto av = a.contiguous().to_vector();
-  const auto bv = b.contiguous().to_vector();
-  double diff = 0, scale = 0;
-  for (std::size_t i = 0; i < bv.size(); ++i) {
-    diff = std::max(diff, std::fabs(static_cast<double>(av[i]) - bv[i]));
-    scale = std::max(scale, std::fabs(bv[i]));
-  }
-  return diff / std::max(scale, 1e-300);
-}
-
 TEST_CASE_TEMPLATE("the W6 UNet's prediction, ε loss and every gradient equal PyTorch's", T, double, float) {
   constexpr bool is_double = std::is_same_v<T, double>;
-  const std::filesystem::path dir = unet_reference() / (is_double ? "float64" : "float32");
+  const std::filesystem::path dir = kiln::test::torch_script_output("unet_reference.py") / (is_double ? "float64" : "float32");
   kiln::Rng rng(1);
   auto unet = std::make_shared<kiln::models::UNet<T>>(rng);
   {
@@ -325,10 +287,10 @@ TEST_CASE_TEMPLATE("the W6 UNet's prediction, ε loss and every gradient equal P
   // Bounds: float64 agrees to rounding; float32 to its accumulated rounding (PyTorch and kiln
   // sum in different orders).
   const double close = is_double ? 1e-10 : 2e-5, grad_close = is_double ? 1e-9 : 5e-5;
-  CHECK(relative_difference(model.q_sample(x0, t, eps), ref.get<double>("xt")) < close);
+  CHECK(kiln::test::relative_difference(model.q_sample(x0, t, eps), ref.get<double>("xt")) < close);
   {
     kiln::NoGrad guard;
-    CHECK(relative_difference(unet->forward(ref.get<T>("xt"), t), ref.get<double>("pred")) < close);
+    CHECK(kiln::test::relative_difference(unet->forward(ref.get<T>("xt"), t), ref.get<double>("pred")) < close);
   }
   const kiln::Tensor<T> loss = model.loss_at(x0, t, eps);
   const double loss_ref = ref.get<double>("loss").to_vector()[0];
@@ -342,7 +304,7 @@ TEST_CASE_TEMPLATE("the W6 UNet's prediction, ε loss and every gradient equal P
     const kiln::Tensor<T>& p = entry.second;
     CAPTURE(name);
     REQUIRE(p.grad().defined());
-    const double d = relative_difference(p.grad(), ref.get<double>("grad." + name));
+    const double d = kiln::test::relative_difference(p.grad(), ref.get<double>("grad." + name));
     if (d > worst) worst = d, worst_name = name;
     CHECK(d < grad_close);
     ++checked;

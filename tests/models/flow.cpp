@@ -27,8 +27,6 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 namespace {
 
 using kiln::index_t;
@@ -457,28 +455,6 @@ TEST_CASE("errors name the problem: mask shapes, non-binary masks, network outpu
 
 namespace {
 
-// PyTorch's files of tests/torch/realnvp_reference.py, written once per process into a temporary
-// directory removed at exit.
-const std::filesystem::path& realnvp_reference() {
-  struct Dir {
-    std::filesystem::path path = std::filesystem::temp_directory_path() / ("kiln_realnvp_reference_" + std::to_string(::getpid()));
-    Dir() {
-      std::filesystem::remove_all(path);
-      std::filesystem::create_directories(path);
-    }
-    ~Dir() {
-      std::error_code ec;
-      std::filesystem::remove_all(path, ec);
-    }
-  };
-  static const Dir dir = [] {
-    Dir d;
-    REQUIRE(kiln::test::run_torch_script("realnvp_reference.py", kiln::test::shell_quote(d.path.string())) == 0);
-    return d;
-  }();
-  return dir.path;
-}
-
 // W5's flow with the reference's sizes (4 couplings, hidden width 64), PyTorch's weights loaded.
 template <class T>
 std::shared_ptr<kiln::models::Flow<T>> reference_realnvp() {
@@ -493,25 +469,11 @@ std::shared_ptr<kiln::models::Flow<T>> reference_realnvp() {
   for (int k = 0; k < 4; ++k)
     flow->add(std::make_shared<kiln::models::AffineCoupling<T>>(kiln::models::parity_mask<T>(784, k % 2), net(), net(),
                                                                  kiln::models::AffineCouplingOptions{.tanh = true}));
-  const kiln::io::SafeTensorsFile weights((realnvp_reference() / "weights.safetensors").string());
+  const kiln::io::SafeTensorsFile weights((kiln::test::torch_script_output("realnvp_reference.py") / "weights.safetensors").string());
   kiln::nn::StateDict<T> dict;
   for (const auto& n : weights.names()) dict.insert(n, weights.get<T>(n));
   flow->load_state_dict(dict);  // strict: PyTorch's names, masks included
   return flow;
-}
-
-// max |a − b| / max |b|.
-template <class T>
-double relative_to_reference(const kiln::Tensor<T>& a, const kiln::Tensor<double>& b) {
-  REQUIRE(a.shape() == b.shape());
-  const auto av = a.contiguous().to_vector();
-  const auto bv = b.contiguous().to_vector();
-  double diff = 0, scale = 0;
-  for (std::size_t i = 0; i < bv.size(); ++i) {
-    diff = std::max(diff, std::fabs(static_cast<double>(av[i]) - bv[i]));
-    scale = std::max(scale, std::fabs(bv[i]));
-  }
-  return diff / std::max(scale, 1e-300);
 }
 
 }  // namespace
@@ -520,12 +482,12 @@ TEST_CASE_TEMPLATE("W5's RealNVP: log p(x) and every gradient equal PyTorch's", 
   constexpr bool is_double = std::is_same_v<T, double>;
   const std::string dtype = is_double ? "float64" : "float32";
   auto flow = reference_realnvp<T>();
-  const kiln::io::SafeTensorsFile ref((realnvp_reference() / "reference.safetensors").string());
+  const kiln::io::SafeTensorsFile ref((kiln::test::torch_script_output("realnvp_reference.py") / "reference.safetensors").string());
   const kiln::Tensor<T> logp = flow->log_prob(ref.get<T>("x"));
   const kiln::Tensor<T> loss = kiln::mean(-logp);
   loss.backward();
   const double close = is_double ? 1e-12 : 1e-5, grad_close = is_double ? 1e-10 : 1e-4;
-  CHECK(relative_to_reference(logp.detach(), ref.get<double>("logp." + dtype)) < close);
+  CHECK(kiln::test::relative_difference(logp.detach(), ref.get<double>("logp." + dtype)) < close);
   CHECK(std::fabs(static_cast<double>(loss.item()) - ref.get<double>("loss." + dtype).to_vector()[0]) <
         close * std::fabs(ref.get<double>("loss." + dtype).to_vector()[0]));
   std::size_t checked = 0;
@@ -534,7 +496,7 @@ TEST_CASE_TEMPLATE("W5's RealNVP: log p(x) and every gradient equal PyTorch's", 
     const std::string& name = entry.first;
     const kiln::Tensor<T>& p = entry.second;
     CAPTURE(name);
-    const double d = relative_to_reference(p.grad(), ref.get<double>("grad." + dtype + "." + name));
+    const double d = kiln::test::relative_difference(p.grad(), ref.get<double>("grad." + dtype + "." + name));
     worst = std::max(worst, d);
     CHECK(d < grad_close);
     ++checked;
@@ -545,7 +507,7 @@ TEST_CASE_TEMPLATE("W5's RealNVP: log p(x) and every gradient equal PyTorch's", 
 
 TEST_CASE("W5's RealNVP: ten Adam steps in lockstep with PyTorch (same weights and batches)") {
   auto flow = reference_realnvp<float>();
-  const kiln::io::SafeTensorsFile ref((realnvp_reference() / "reference.safetensors").string());
+  const kiln::io::SafeTensorsFile ref((kiln::test::torch_script_output("realnvp_reference.py") / "reference.safetensors").string());
   kiln::optim::AdamOptions options;
   options.lr = 1e-3;
   kiln::optim::Adam opt(flow->parameters(), options);

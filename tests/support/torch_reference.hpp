@@ -1,11 +1,17 @@
 // tests/support/torch_reference.hpp — for tests that compare kiln with PyTorch, SciPy or NLTK: finds a
-// Python interpreter that can import the modules a reference script needs and runs the script.
+// Python interpreter that can import the modules a reference script needs and runs the script; runs a
+// script that writes its files into a directory once per process; compares tensors with its output.
 // Builds on doctest, std::system and POSIX (access, WEXITSTATUS). Test-only, not installed.
 #pragma once
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -119,6 +125,50 @@ inline int run_torch_script(const std::string& script_relative_to_tests_torch, c
   else if (status != -1 && WIFSIGNALED(status)) code = 128 + WTERMSIG(status);
   if (code != 0) MESSAGE("exit status " << code << " from: " << command);
   return code;
+}
+
+// A directory under the system's temporary directory, created empty, removed with its contents
+// when destroyed.
+struct ScratchDir {
+  std::filesystem::path path;
+  explicit ScratchDir(const std::string& tag)
+      : path(std::filesystem::temp_directory_path() / (tag + "_" + std::to_string(::getpid()))) {
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
+// The directory into which `tests/torch/<script> OUT_DIR` wrote its files: the script runs once
+// per process (the first call), into a directory removed at exit. Fails the test when it fails.
+inline const std::filesystem::path& torch_script_output(const std::string& script) {
+  static std::map<std::string, std::unique_ptr<ScratchDir>> outputs;
+  auto& dir = outputs[script];
+  if (!dir) {
+    auto made = std::make_unique<ScratchDir>("kiln_" + std::filesystem::path(script).stem().string());
+    REQUIRE(run_torch_script(script, shell_quote(made->path.string())) == 0);
+    dir = std::move(made);
+  }
+  return dir->path;
+}
+
+// max |a − b| / max |b| over all elements of two tensors of one shape (b the reference).
+template <class A, class B>
+double relative_difference(const A& a, const B& b) {
+  REQUIRE(a.shape() == b.shape());
+  const auto av = a.contiguous().to_vector();
+  const auto bv = b.contiguous().to_vector();
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < bv.size(); ++i) {
+    diff = std::max(diff, std::fabs(static_cast<double>(av[i]) - static_cast<double>(bv[i])));
+    scale = std::max(scale, std::fabs(static_cast<double>(bv[i])));
+  }
+  return diff / std::max(scale, 1e-300);
 }
 
 }  // namespace kiln::test

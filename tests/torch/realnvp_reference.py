@@ -16,33 +16,16 @@ writes
                                   the batches of ten Adam steps (lr 1e-3) in float32, train.loss
                                   [10] and final.<name>, the parameters after them
 """
-import json
 import math
 import os
-import struct
 import sys
 
 import torch
 import torch.nn as nn
 
+from safetensors_f64 import write_safetensors
+
 ALPHA, D, H, N = 0.05, 784, 64, 4
-
-
-def write_safetensors(path, tensors):
-    header, chunks, offset = {}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().to(torch.float64).contiguous()
-        raw = t.numpy().tobytes()
-        header[name] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for raw in chunks:
-            f.write(raw)
 
 
 def mlp():

@@ -15,32 +15,15 @@ The forward process is x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with the lin
 beta = linspace(1e-4, 0.02, 1000) computed in float64; the time embedding is computed in float64
 and then rounded to the model's dtype (as kiln does).
 """
-import json
 import math
 import os
-import struct
 import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def write_safetensors(path, tensors):
-    header, chunks, offset = {}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().to(torch.float64).contiguous()
-        raw = t.numpy().tobytes()
-        header[name] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for raw in chunks:
-            f.write(raw)
+from safetensors_f64 import write_safetensors
 
 
 def sinusoidal(t, dim=128):
